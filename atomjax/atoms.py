@@ -71,7 +71,9 @@ class Atoms(eqx.Module):
         dtype = dtype or jnp.asarray(0.0).dtype
         return cls(
             positions_A=jnp.asarray(np.pad(pos, ((0, pad), (0, 0))), dtype=dtype),
-            widths_A2=jnp.asarray(np.pad(width, (0, pad), constant_values=DEFAULT_WIDTH_A2), dtype=dtype),
+            widths_A2=jnp.asarray(
+                np.pad(width, (0, pad), constant_values=DEFAULT_WIDTH_A2), dtype=dtype
+            ),
             amplitudes=jnp.asarray(np.pad(amp, (0, pad)), dtype=dtype),
             alive=jnp.asarray(np.arange(capacity) < n),
         )

@@ -72,7 +72,9 @@ class TiltSeries:
         if self.drift_A is not None:
             drift = np.asarray(self.drift_A, dtype=float)
             if drift.shape != (images.shape[0], 3):
-                raise ValueError(f"drift_A must have shape ({images.shape[0]}, 3), got {drift.shape}")
+                raise ValueError(
+                    f"drift_A must have shape ({images.shape[0]}, 3), got {drift.shape}"
+                )
             object.__setattr__(self, "drift_A", drift)
         if self.atoms_positions_A is not None:
             pos = np.asarray(self.atoms_positions_A, dtype=float)

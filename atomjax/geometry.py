@@ -30,22 +30,26 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 
+def _matrix(*rows):
+    return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
+
+
 def _rx(a):
     c, s = jnp.cos(a), jnp.sin(a)
     o, z = jnp.ones_like(a), jnp.zeros_like(a)
-    return jnp.stack([jnp.stack([o, z, z], -1), jnp.stack([z, c, -s], -1), jnp.stack([z, s, c], -1)], -2)
+    return _matrix([o, z, z], [z, c, -s], [z, s, c])
 
 
 def _ry(a):
     c, s = jnp.cos(a), jnp.sin(a)
     o, z = jnp.ones_like(a), jnp.zeros_like(a)
-    return jnp.stack([jnp.stack([c, z, s], -1), jnp.stack([z, o, z], -1), jnp.stack([-s, z, c], -1)], -2)
+    return _matrix([c, z, s], [z, o, z], [-s, z, c])
 
 
 def _rz(a):
     c, s = jnp.cos(a), jnp.sin(a)
     o, z = jnp.ones_like(a), jnp.zeros_like(a)
-    return jnp.stack([jnp.stack([c, -s, z], -1), jnp.stack([s, c, z], -1), jnp.stack([z, z, o], -1)], -2)
+    return _matrix([c, -s, z], [s, c, z], [z, z, o])
 
 
 def rotation_matrix(euler_rad: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]:
@@ -56,7 +60,7 @@ def rotation_matrix(euler_rad: Float[Array, "... 3"]) -> Float[Array, "... 3 3"]
 
 
 def to_image_frame(
-    positions_A: Float[Array, "n 3"], euler_rad: Float[Array, "3"], drift_A: Float[Array, "3"]
+    positions_A: Float[Array, "n 3"], euler_rad: Float[Array, 3], drift_A: Float[Array, 3]
 ) -> Float[Array, "n 3"]:
     """(u, v, w) = R · (x, y, z) + drift for one image."""
     return positions_A @ rotation_matrix(euler_rad).T + drift_A
@@ -84,15 +88,15 @@ def slice_centres_A(n_slices: int, slice_thickness_A: float) -> np.ndarray:
 
 
 def hard_slice_index(
-    w_A: Float[Array, "n"], n_slices: int, slice_thickness_A: float
-) -> Int[Array, "n"]:
+    w_A: Float[Array, " n"], n_slices: int, slice_thickness_A: float
+) -> Int[Array, " n"]:
     """Slice that contains each depth w (the paper's hard assignment), clamped to [0, n)."""
     k = jnp.floor(w_A / slice_thickness_A + n_slices / 2).astype(jnp.int32)
     return jnp.clip(k, 0, n_slices - 1)
 
 
 def linear_slice_weights(
-    w_A: Float[Array, "n"], n_slices: int, slice_thickness_A: float
+    w_A: Float[Array, " n"], n_slices: int, slice_thickness_A: float
 ) -> tuple[Int[Array, "n 2"], Float[Array, "n 2"]]:
     """Split each atom between the two slices whose centres bracket its depth.
 

@@ -1,0 +1,48 @@
+"""atomjax: atoms as local orbitals, fitted to HAADF-STEM tilt series in JAX.
+
+The public face. Conventions (Euler order, axes, units) are written down once, in
+:mod:`atomjax.geometry`; probe conventions follow abTEM (:mod:`atomjax.probe`).
+"""
+
+from .atoms import Atoms
+from .data import TiltSeries, normalise_series
+from .geometry import euler_from_tilts_deg, rotation_matrix, to_image_frame
+from .loss import get_loss, l1, mse, r_factor
+from .probe import ProbeSettings, probe_intensity_stack
+from .render import (
+    MODES,
+    FixedProbe,
+    ImagingSetup,
+    PhysicalProbe,
+    PixelProbe,
+    make_probe,
+    render_series,
+    render_tilt_series,
+)
+from .units import wavelength_A
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODES",
+    "Atoms",
+    "FixedProbe",
+    "ImagingSetup",
+    "PhysicalProbe",
+    "PixelProbe",
+    "ProbeSettings",
+    "TiltSeries",
+    "euler_from_tilts_deg",
+    "get_loss",
+    "l1",
+    "make_probe",
+    "mse",
+    "normalise_series",
+    "probe_intensity_stack",
+    "r_factor",
+    "render_series",
+    "render_tilt_series",
+    "rotation_matrix",
+    "to_image_frame",
+    "wavelength_A",
+]

@@ -1,0 +1,326 @@
+"""Render a tilt series from atoms: splat per depth slice, convolve with the probe, sum.
+
+For image j (LOT eqs. 1–4):
+  1. (u, v, w) = R_j · (x, y, z) + drift_j (see :mod:`atomjax.geometry`);
+  2. each atom is assigned to depth slice(s) by w — ``"hard"`` (the paper's
+     assignment) or ``"linear"`` (split between the two nearest slice centres, so the
+     image depends smoothly on depth);
+  3. O_jk(u, v) = Σ_{i in k} H_i exp(-[(u-u_i)² + (v-v_i)²] / B_i), each atom splatted
+     into a local window of (2r+1)² pixels around its centre, not the whole image;
+  4. I_j = Σ_k p_jk ⋆ O_jk, evaluated as one inverse FFT of Σ_k conj(P̂_k) Ô_k.
+
+The probe enters as a stack of intensities p_k (n_slices, nu, nv), each non-negative,
+summing to 1 and centred on pixel (nu//2, nv//2). The image at scan position r is
+Σ_r' p(r' - r) O(r') (probe centred on r); for the centrosymmetric probes of round
+lenses and 2-fold astigmatism this equals the convolution p ⊛ O of the paper.
+
+Interaction modes, as probe objects with one method ``intensities(setup)``:
+  * ``direct``: no probe (``None``), I = Σ_k O_k — the plain projection;
+  * ``rigid``: :class:`FixedProbe`, a stack computed once from :class:`ProbeSettings`
+    and never differentiated;
+  * ``adaptive``: :class:`PixelProbe`, every pixel of every slice a parameter (LOT),
+    kept non-negative and normalised by a softmax over the pixels of each slice; or
+    :class:`PhysicalProbe`, the stack computed inside the model from differentiable
+    aberrations.
+
+Angles are processed in chunks of ``setup.angle_chunk`` images (vmapped inside a
+chunk, scanned over chunks, rematerialised in the backward pass) so memory stays
+bounded for long tilt series.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from . import geometry
+from .atoms import Atoms
+from .probe import ProbeSettings, probe_intensity_stack
+
+MODES = ("direct", "rigid", "adaptive")
+
+
+class ImagingSetup(eqx.Module):
+    """Static description of the images and the slicing (hashable; a jit static argument).
+
+    image_shape: (nu, nv) pixels. pixel_size_A: Å per pixel.
+    n_slices, slice_thickness_A: depth slices centred on w = 0 (ignored in direct mode).
+    max_width_A2, truncation: the splatting window radius r is chosen so that an atom
+      of width B = max_width_A2 has fallen to ``truncation`` of its peak at the window
+      edge; ``window_radius_px`` overrides it.
+    depth_split: "linear" or "hard" slice assignment. angle_chunk: images per chunk.
+    """
+
+    image_shape: tuple[int, int] = eqx.field(static=True)
+    pixel_size_A: float = eqx.field(static=True)
+    n_slices: int = eqx.field(static=True, default=1)
+    slice_thickness_A: float = eqx.field(static=True, default=2.0)
+    max_width_A2: float = eqx.field(static=True, default=1.0)
+    truncation: float = eqx.field(static=True, default=1e-6)
+    window_radius_px: int | None = eqx.field(static=True, default=None)
+    depth_split: str = eqx.field(static=True, default="linear")
+    angle_chunk: int = eqx.field(static=True, default=8)
+
+    def __check_init__(self):
+        shape = tuple(self.image_shape)
+        if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
+            raise ValueError(f"image_shape must be two positive integers, got {self.image_shape}")
+        if not (math.isfinite(self.pixel_size_A) and self.pixel_size_A > 0):
+            raise ValueError(f"pixel_size_A must be a positive number, got {self.pixel_size_A}")
+        if int(self.n_slices) != self.n_slices or self.n_slices < 1:
+            raise ValueError(f"n_slices must be a positive integer, got {self.n_slices}")
+        if not (math.isfinite(self.slice_thickness_A) and self.slice_thickness_A > 0):
+            raise ValueError(
+                f"slice_thickness_A must be a positive number, got {self.slice_thickness_A}"
+            )
+        if not self.max_width_A2 > 0:
+            raise ValueError(f"max_width_A2 must be positive, got {self.max_width_A2}")
+        if not 0 < self.truncation < 1:
+            raise ValueError(f"truncation must lie in (0, 1), got {self.truncation}")
+        if self.window_radius_px is not None and self.window_radius_px < 0:
+            raise ValueError(f"window_radius_px must be >= 0, got {self.window_radius_px}")
+        if self.depth_split not in ("linear", "hard"):
+            raise ValueError(f"depth_split must be 'linear' or 'hard', got {self.depth_split!r}")
+        if int(self.angle_chunk) != self.angle_chunk or self.angle_chunk < 1:
+            raise ValueError(f"angle_chunk must be a positive integer, got {self.angle_chunk}")
+
+    @property
+    def radius_px(self) -> int:
+        """Half-width r of the splatting window in pixels (window is 2r+1 square)."""
+        if self.window_radius_px is not None:
+            return int(self.window_radius_px)
+        r_A = math.sqrt(self.max_width_A2 * math.log(1.0 / self.truncation))
+        return int(math.ceil(r_A / self.pixel_size_A))
+
+    @property
+    def slice_centres_A(self) -> np.ndarray:
+        return geometry.slice_centres_A(self.n_slices, self.slice_thickness_A)
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class FixedProbe(eqx.Module):
+    """Rigid DDI: a probe-intensity stack fixed from the settings (no gradient flows)."""
+
+    stack: Float[Array, "k nu nv"]
+
+    @classmethod
+    def from_settings(cls, settings: ProbeSettings, setup: ImagingSetup) -> FixedProbe:
+        stack = probe_intensity_stack(
+            setup.image_shape, setup.pixel_size_A, settings, setup.slice_centres_A
+        )
+        return cls(stack=stack)
+
+    def intensities(self, setup: ImagingSetup) -> Float[Array, "k nu nv"]:
+        return jax.lax.stop_gradient(self.stack)
+
+
+class PhysicalProbe(eqx.Module):
+    """Adaptive DDI through the physical aberrations: the stack follows the settings."""
+
+    settings: ProbeSettings
+
+    def intensities(self, setup: ImagingSetup) -> Float[Array, "k nu nv"]:
+        return probe_intensity_stack(
+            setup.image_shape, setup.pixel_size_A, self.settings, setup.slice_centres_A
+        )
+
+
+class PixelProbe(eqx.Module):
+    """Adaptive DDI per pixel (LOT): p_k = softmax(logits_k) over the pixels of slice k.
+
+    The softmax keeps every slice non-negative and summing to 1 whatever the logits.
+    """
+
+    logits: Float[Array, "k nu nv"]
+
+    @classmethod
+    def from_stack(cls, stack, floor: float = 1e-12) -> PixelProbe:
+        stack = jnp.asarray(stack)
+        stack = stack / jnp.sum(stack, axis=(-2, -1), keepdims=True)
+        return cls(logits=jnp.log(stack + floor))
+
+    @classmethod
+    def from_settings(cls, settings: ProbeSettings, setup: ImagingSetup) -> PixelProbe:
+        return cls.from_stack(FixedProbe.from_settings(settings, setup).stack)
+
+    def intensities(self, setup: ImagingSetup) -> Float[Array, "k nu nv"]:
+        k, nu, nv = self.logits.shape
+        flat = jax.nn.softmax(self.logits.reshape(k, nu * nv), axis=-1)
+        return flat.reshape(k, nu, nv)
+
+
+def make_probe(mode: str, settings: ProbeSettings | None, setup: ImagingSetup):
+    """The probe object for an interaction mode: None, FixedProbe or PixelProbe."""
+    if mode not in MODES:
+        raise ValueError(f"unknown interaction mode {mode!r}; choose one of {MODES}")
+    if mode == "direct":
+        return None
+    if settings is None:
+        raise ValueError(f"mode {mode!r} needs probe settings (ProbeSettings)")
+    if mode == "rigid":
+        return FixedProbe.from_settings(settings, setup)
+    return PixelProbe.from_settings(settings, setup)
+
+
+# ------------------------------------------------------------------------ splatting
+
+
+def _slice_assignment(w_A, setup: ImagingSetup, direct: bool):
+    n = w_A.shape[0]
+    if direct or setup.n_slices == 1:
+        return jnp.zeros((n, 1), jnp.int32), jnp.ones((n, 1), w_A.dtype)
+    if setup.depth_split == "hard":
+        k = geometry.hard_slice_index(w_A, setup.n_slices, setup.slice_thickness_A)
+        return k[:, None], jnp.ones((n, 1), w_A.dtype)
+    return geometry.linear_slice_weights(w_A, setup.n_slices, setup.slice_thickness_A)
+
+
+def splat(
+    uvw_A: Float[Array, "n 3"],
+    widths_A2: Float[Array, " n"],
+    amplitudes: Float[Array, " n"],
+    slice_index: Array,
+    slice_weight: Array,
+    n_out: int,
+    setup: ImagingSetup,
+) -> Float[Array, "k nu nv"]:
+    """Splat atoms into ``n_out`` slices, each atom into a (2r+1)² window.
+
+    ``slice_index`` / ``slice_weight`` (n, s): the slices each atom goes to and its
+    share in each. Pixels outside the image are dropped.
+    """
+    nu, nv = setup.image_shape
+    ps = setup.pixel_size_A
+    offsets = jnp.arange(-setup.radius_px, setup.radius_px + 1)
+
+    def axis_profile(coord_A, n_pix):
+        centre = jnp.round(jax.lax.stop_gradient(coord_A) / ps).astype(jnp.int32) + n_pix // 2
+        pix = centre[:, None] + offsets[None, :]  # (n, W)
+        d_A = (pix - n_pix // 2).astype(coord_A.dtype) * ps - coord_A[:, None]
+        g = jnp.exp(-(d_A**2) / widths_A2[:, None])
+        return pix, (pix >= 0) & (pix < n_pix), g
+
+    pu, ok_u, gu = axis_profile(uvw_A[:, 0], nu)
+    pv, ok_v, gv = axis_profile(uvw_A[:, 1], nv)
+    values = amplitudes[:, None, None] * gu[:, :, None] * gv[:, None, :]  # (n, W, W)
+    flat_uv = pu[:, :, None] * nv + pv[:, None, :]
+    valid = ok_u[:, :, None] & ok_v[:, None, :]
+    size = n_out * nu * nv
+    idx = slice_index[:, :, None, None] * (nu * nv) + flat_uv[:, None]  # (n, s, W, W)
+    idx = jnp.where(valid[:, None], idx, size)  # out-of-image pixels: dropped
+    vals = slice_weight[:, :, None, None] * values[:, None]
+    out = jnp.zeros(size, values.dtype).at[idx.ravel()].add(vals.ravel(), mode="drop")
+    return out.reshape(n_out, nu, nv)
+
+
+def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
+    """One image from masked atom parameters; ``probe_ft`` None means direct mode."""
+    uvw = geometry.to_image_frame(pos, euler_rad, drift_A)
+    direct = probe_ft is None
+    k_idx, k_w = _slice_assignment(uvw[:, 2], setup, direct)
+    n_out = 1 if direct else setup.n_slices
+    slices = splat(uvw, width, amp, k_idx, k_w, n_out, setup)
+    if direct:
+        return slices[0]
+    obj_ft = jnp.fft.rfft2(slices)
+    return jnp.fft.irfft2(jnp.sum(jnp.conj(probe_ft) * obj_ft, axis=0), s=setup.image_shape)
+
+
+def probe_fourier(stack: Float[Array, "k nu nv"]) -> Array:
+    """rfft2 of a centred probe-intensity stack, moved to the origin for convolution."""
+    return jnp.fft.rfft2(jnp.fft.ifftshift(stack, axes=(-2, -1)))
+
+
+@eqx.filter_jit
+def render_series(
+    atoms: Atoms,
+    euler_rad: Float[Array, "m 3"],
+    drift_A: Float[Array, "m 3"],
+    probe,
+    setup: ImagingSetup,
+) -> Float[Array, "m nu nv"]:
+    """Images (m, nu, nv) of ``atoms`` at every orientation. Pure and jit-compiled.
+
+    ``probe``: None (direct mode), or an object with ``intensities(setup)`` returning a
+    (n_slices, nu, nv) stack (:class:`FixedProbe`, :class:`PixelProbe`,
+    :class:`PhysicalProbe`); a raw array is taken as a fixed stack.
+    """
+    m = euler_rad.shape[0]
+    if euler_rad.shape != (m, 3) or drift_A.shape != (m, 3):
+        raise ValueError(
+            f"euler_rad and drift_A must both have shape (m, 3), got {euler_rad.shape} "
+            f"and {drift_A.shape}"
+        )
+    pos, width, amp = atoms.masked()
+    if probe is None:
+        probe_ft = None
+    else:
+        stack = probe.intensities(setup) if hasattr(probe, "intensities") else probe
+        expected = (setup.n_slices, *setup.image_shape)
+        if stack.shape != expected:
+            raise ValueError(
+                f"probe stack has shape {stack.shape}, expected (n_slices, nu, nv) = {expected}"
+            )
+        probe_ft = probe_fourier(stack.astype(pos.dtype))
+
+    chunk = min(setup.angle_chunk, m)
+    n_chunks = -(-m // chunk)
+    pad = n_chunks * chunk - m
+    views = jnp.concatenate([euler_rad, drift_A], axis=1).astype(pos.dtype)
+    views = jnp.pad(views, ((0, pad), (0, 0))).reshape(n_chunks, chunk, 6)
+
+    def one(view):
+        return _image(pos, width, amp, view[:3], view[3:], probe_ft, setup)
+
+    @jax.checkpoint
+    def chunk_images(views_chunk):
+        return jax.vmap(one)(views_chunk)
+
+    def body(carry, views_chunk):
+        return carry, chunk_images(views_chunk)
+
+    _, images = jax.lax.scan(body, None, views)
+    return images.reshape(n_chunks * chunk, *setup.image_shape)[:m]
+
+
+def render_tilt_series(
+    atoms: Atoms,
+    euler_deg,
+    setup: ImagingSetup,
+    probe=None,
+    drift_A=None,
+) -> Float[Array, "m nu nv"]:
+    """Host-side entry: check the inputs, convert degrees, and call :func:`render_series`.
+
+    euler_deg: (m, 3) Euler triples (ψ, θ, φ) in degrees; drift_A: (m, 3) or None.
+    """
+    euler_deg = np.asarray(euler_deg, dtype=float)
+    if euler_deg.ndim != 2 or euler_deg.shape[1] != 3:
+        raise ValueError(
+            f"euler_deg must have shape (angles, 3), got {euler_deg.shape}; for a single-axis "
+            "series use atomjax.geometry.euler_from_tilts_deg"
+        )
+    m = euler_deg.shape[0]
+    if m == 0:
+        raise ValueError("euler_deg is empty: no tilt angles to render")
+    if not np.all(np.isfinite(euler_deg)):
+        raise ValueError("euler_deg contains NaN or infinite values")
+    drift = np.zeros((m, 3)) if drift_A is None else np.asarray(drift_A, dtype=float)
+    if drift.shape != (m, 3):
+        raise ValueError(f"drift_A must have shape ({m}, 3) to match {m} angles, got {drift.shape}")
+    if not np.all(np.isfinite(drift)):
+        raise ValueError("drift_A contains NaN or infinite values")
+    for name in ("positions_A", "widths_A2", "amplitudes"):
+        if not bool(jnp.all(jnp.isfinite(getattr(atoms, name)))):
+            raise ValueError(f"atoms.{name} contains NaN or infinite values")
+    dtype = atoms.positions_A.dtype
+    return render_series(
+        atoms, jnp.asarray(np.deg2rad(euler_deg), dtype), jnp.asarray(drift, dtype), probe, setup
+    )
