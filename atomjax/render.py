@@ -194,30 +194,44 @@ def splat(
     """Splat atoms into ``n_out`` slices, each atom into a (2r+1)² window.
 
     ``slice_index`` / ``slice_weight`` (n, s): the slices each atom goes to and its
-    share in each. Pixels outside the image are dropped.
+    share in each. The window, the outer product of two 1D Gaussian profiles, is
+    added with one scatter per atom and slice into an image padded by 2r on every
+    side; windows that lie wholly outside the image are dropped, and the padding is
+    cut away, so pixels outside the image never wrap around.
     """
     nu, nv = setup.image_shape
     ps = setup.pixel_size_A
-    offsets = jnp.arange(-setup.radius_px, setup.radius_px + 1)
+    r = setup.radius_px
+    width = 2 * r + 1
+    offsets = jnp.arange(-r, r + 1)
 
     def axis_profile(coord_A, n_pix):
         centre = jnp.round(jax.lax.stop_gradient(coord_A) / ps).astype(jnp.int32) + n_pix // 2
-        pix = centre[:, None] + offsets[None, :]  # (n, W)
-        d_A = (pix - n_pix // 2).astype(coord_A.dtype) * ps - coord_A[:, None]
-        g = jnp.exp(-(d_A**2) / widths_A2[:, None])
-        return pix, (pix >= 0) & (pix < n_pix), g
+        d_A = (centre[:, None] + offsets - n_pix // 2).astype(coord_A.dtype) * ps
+        d_A = d_A - coord_A[:, None]
+        return centre, jnp.exp(-(d_A**2) / widths_A2[:, None])
 
-    pu, ok_u, gu = axis_profile(uvw_A[:, 0], nu)
-    pv, ok_v, gv = axis_profile(uvw_A[:, 1], nv)
-    values = amplitudes[:, None, None] * gu[:, :, None] * gv[:, None, :]  # (n, W, W)
-    flat_uv = pu[:, :, None] * nv + pv[:, None, :]
-    valid = ok_u[:, :, None] & ok_v[:, None, :]
-    size = n_out * nu * nv
-    idx = slice_index[:, :, None, None] * (nu * nv) + flat_uv[:, None]  # (n, s, W, W)
-    idx = jnp.where(valid[:, None], idx, size)  # out-of-image pixels: dropped
-    vals = slice_weight[:, :, None, None] * values[:, None]
-    out = jnp.zeros(size, values.dtype).at[idx.ravel()].add(vals.ravel(), mode="drop")
-    return out.reshape(n_out, nu, nv)
+    cu, gu = axis_profile(uvw_A[:, 0], nu)
+    cv, gv = axis_profile(uvw_A[:, 1], nv)
+    n, s = slice_index.shape
+    window = gu[:, :, None] * gv[:, None, :]  # (n, W, W)
+    updates = (amplitudes[:, None] * slice_weight)[:, :, None, None] * window[:, None]
+    # window corner in the padded image: centre - r + 2r
+    corner_u = jnp.broadcast_to((cu + r)[:, None], (n, s))
+    corner_v = jnp.broadcast_to((cv + r)[:, None], (n, s))
+    index = jnp.stack([slice_index, corner_u, corner_v], -1).reshape(n * s, 3)
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1, 2), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2)
+    )
+    padded = jnp.zeros((n_out, nu + 4 * r, nv + 4 * r), updates.dtype)
+    padded = jax.lax.scatter_add(
+        padded,
+        index,
+        updates.reshape(n * s, width, width),
+        dims,
+        mode=jax.lax.GatherScatterMode.FILL_OR_DROP,
+    )
+    return padded[:, 2 * r : 2 * r + nu, 2 * r : 2 * r + nv]
 
 
 def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
