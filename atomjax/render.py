@@ -45,6 +45,14 @@ from .probe import ProbeSettings, probe_intensity_stack
 MODES = ("direct", "rigid", "adaptive")
 
 
+def _as_shape(shape) -> tuple[int, ...]:
+    """Plain Python ints (hashable, never a traced or numpy scalar)."""
+    shape = tuple(np.asarray(shape).reshape(-1).tolist())
+    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
+        raise ValueError(f"image_shape must be two positive integers, got {shape}")
+    return tuple(int(n) for n in shape)
+
+
 class ImagingSetup(eqx.Module):
     """Static description of the images and the slicing (hashable; a jit static argument).
 
@@ -56,20 +64,17 @@ class ImagingSetup(eqx.Module):
     depth_split: "linear" or "hard" slice assignment. angle_chunk: images per chunk.
     """
 
-    image_shape: tuple[int, int] = eqx.field(static=True)
-    pixel_size_A: float = eqx.field(static=True)
+    image_shape: tuple[int, int] = eqx.field(static=True, converter=_as_shape)
+    pixel_size_A: float = eqx.field(static=True, converter=float)
     n_slices: int = eqx.field(static=True, default=1)
-    slice_thickness_A: float = eqx.field(static=True, default=2.0)
-    max_width_A2: float = eqx.field(static=True, default=1.0)
+    slice_thickness_A: float = eqx.field(static=True, default=2.0, converter=float)
+    max_width_A2: float = eqx.field(static=True, default=1.0, converter=float)
     truncation: float = eqx.field(static=True, default=1e-6)
     window_radius_px: int | None = eqx.field(static=True, default=None)
     depth_split: str = eqx.field(static=True, default="linear")
     angle_chunk: int = eqx.field(static=True, default=8)
 
     def __check_init__(self):
-        shape = tuple(self.image_shape)
-        if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
-            raise ValueError(f"image_shape must be two positive integers, got {self.image_shape}")
         if not (math.isfinite(self.pixel_size_A) and self.pixel_size_A > 0):
             raise ValueError(f"pixel_size_A must be a positive number, got {self.pixel_size_A}")
         if int(self.n_slices) != self.n_slices or self.n_slices < 1:

@@ -95,9 +95,7 @@ def tilt_scheme(
     if not all(np.isfinite([start, stop, step])):
         raise ValueError(f"tilt angles must be finite, got {start}, {stop}, {step}")
     if step == 0 or (stop - start) * step < 0:
-        raise ValueError(
-            f"step_deg={step} does not lead from start_deg={start} to stop_deg={stop}"
-        )
+        raise ValueError(f"step_deg={step} does not lead from start_deg={start} to stop_deg={stop}")
     n = int(math.floor((stop - start) / step + 1e-9)) + 1
     return np.round(start + step * np.arange(n), 10)
 
@@ -235,8 +233,9 @@ def _add_noise(
 
 def _check_noise(dose_e_per_A2, noise_std_rel) -> None:
     if dose_e_per_A2 is not None and not (np.isfinite(dose_e_per_A2) and dose_e_per_A2 > 0):
-        raise ValueError(f"dose_e_per_A2 must be positive (or None for no Poisson noise), got "
-                         f"{dose_e_per_A2}")
+        raise ValueError(
+            f"dose_e_per_A2 must be positive (or None for no Poisson noise), got {dose_e_per_A2}"
+        )
     if not (np.isfinite(noise_std_rel) and noise_std_rel >= 0):
         raise ValueError(f"noise_std_rel must be >= 0, got {noise_std_rel}")
 
@@ -273,6 +272,22 @@ def _fourier_crop(image_fine_fft: np.ndarray, shape: tuple[int, int]) -> np.ndar
         m = np.fft.fftfreq(n) * n  # integer frequency indices of the coarse grid
         idx.append(np.mod(np.round(m).astype(int), n_fine))
     return image_fine_fft[np.ix_(*idx)]
+
+
+def _noise_provenance(
+    dose_e_per_A2, noise_std_rel, drift_std_A, seed, scale, seconds_per_angle, atoms, clean_units
+) -> dict:
+    """The provenance entries both simulators share (noise, drift, seed, units, timing)."""
+    return {
+        "dose_e_per_A2": dose_e_per_A2,
+        "noise_std_rel": float(noise_std_rel),
+        "drift_std_A": np.broadcast_to(np.asarray(drift_std_A, float), (3,)).tolist(),
+        "seed": int(seed),
+        "image_units": "electron counts" if dose_e_per_A2 is not None else clean_units,
+        "counts_per_unit_image": scale if dose_e_per_A2 is not None else None,
+        "seconds_per_angle": seconds_per_angle,
+        "chemical_formula": atoms.get_chemical_formula(),
+    }
 
 
 def simulate_fast(
@@ -349,15 +364,16 @@ def simulate_fast(
         "oversampling": oversampling,
         "image_shape": list(shape),
         "margin_A": float(margin_A),
-        "dose_e_per_A2": dose_e_per_A2,
-        "noise_std_rel": float(noise_std_rel),
-        "drift_std_A": np.broadcast_to(np.asarray(drift_std_A, float), (3,)).tolist(),
-        "seed": int(seed),
-        "image_units": "electron counts" if dose_e_per_A2 is not None
-        else "V*A (projected potential)",
-        "counts_per_unit_image": scale if dose_e_per_A2 is not None else None,
-        "seconds_per_angle": seconds / m,
-        "chemical_formula": atoms.get_chemical_formula(),
+        **_noise_provenance(
+            dose_e_per_A2,
+            noise_std_rel,
+            drift_std_A,
+            seed,
+            scale,
+            seconds / m,
+            atoms,
+            "V*A (projected potential)",
+        ),
     }
     return TiltSeries(
         images=images,
@@ -462,15 +478,18 @@ def simulate_haadf(
         interp = int(np.clip(np.floor(scan_extent.min() / 5.0), 1, 8)) if method == "prism" else 1
     else:
         if int(prism_interpolation) != prism_interpolation or prism_interpolation < 1:
-            raise ValueError(f"prism_interpolation must be a positive integer, got "
-                             f"{prism_interpolation}")
+            raise ValueError(
+                f"prism_interpolation must be a positive integer, got {prism_interpolation}"
+            )
         interp = int(prism_interpolation)
     gpts = tuple(_smooth_size(math.ceil(e / dx - 1e-9), interp) for e in scan_extent)
     extent = np.array(gpts) * dx
     # abTEM's own cut-off on this (PRISM: interpolation window) grid, <= the nominal one
     window = abtem.Probe(
-        semiangle_cutoff=semiangle, energy=energy,
-        extent=tuple(extent / interp), gpts=tuple(g // interp for g in gpts),
+        semiangle_cutoff=semiangle,
+        energy=energy,
+        extent=tuple(extent / interp),
+        gpts=tuple(g // interp for g in gpts),
     )
     limit = float(min(window.cutoff_angles))
     outer = limit if outer is None else float(outer)
@@ -506,7 +525,9 @@ def simulate_haadf(
         )
         if method == "prism":
             s_matrix = abtem.SMatrix(
-                semiangle_cutoff=semiangle, energy=energy, potential=potential,
+                semiangle_cutoff=semiangle,
+                energy=energy,
+                potential=potential,
                 interpolation=interp,
             )
             ctf = abtem.CTF(
@@ -538,15 +559,16 @@ def simulate_haadf(
         "scan_pixel_size_A": p,
         "image_shape": list(shape),
         "margin_A": float(margin_A),
-        "dose_e_per_A2": dose_e_per_A2,
-        "noise_std_rel": float(noise_std_rel),
-        "drift_std_A": np.broadcast_to(np.asarray(drift_std_A, float), (3,)).tolist(),
-        "seed": int(seed),
-        "image_units": "electron counts" if dose_e_per_A2 is not None
-        else "detected fraction of the probe intensity",
-        "counts_per_unit_image": scale if dose_e_per_A2 is not None else None,
-        "seconds_per_angle": seconds / m,
-        "chemical_formula": atoms.get_chemical_formula(),
+        **_noise_provenance(
+            dose_e_per_A2,
+            noise_std_rel,
+            drift_std_A,
+            seed,
+            scale,
+            seconds / m,
+            atoms,
+            "detected fraction of the probe intensity",
+        ),
     }
     return TiltSeries(
         images=images,
@@ -593,22 +615,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("output", help="output path (written by atomjax.io.save_tilt_series)")
     parser.add_argument("--particle", choices=_PARTICLES, default="fcc")
-    parser.add_argument("--element", default=None,
-                        help="element (alloy: comma-separated list, e.g. Ni,Pd,Pt)")
+    parser.add_argument(
+        "--element", default=None, help="element (alloy: comma-separated list, e.g. Ni,Pd,Pt)"
+    )
     parser.add_argument("--radius-A", type=float, default=8.0, help="particle radius in Å")
     parser.add_argument("--mode", choices=("fast", "physical"), default="fast")
-    parser.add_argument("--tilts", default="quick",
-                        help=f"preset {sorted(TILT_PRESETS)} or start:stop:step in degrees")
-    parser.add_argument("--pixel-size-A", type=float, default=None,
-                        help="pixel size in Å (default 0.25 fast, 0.5 physical)")
+    parser.add_argument(
+        "--tilts",
+        default="quick",
+        help=f"preset {sorted(TILT_PRESETS)} or start:stop:step in degrees",
+    )
+    parser.add_argument(
+        "--pixel-size-A",
+        type=float,
+        default=None,
+        help="pixel size in Å (default 0.25 fast, 0.5 physical)",
+    )
     parser.add_argument("--dose", type=float, default=None, help="dose in e/Å² (Poisson noise)")
-    parser.add_argument("--noise-std-rel", type=float, default=0.0,
-                        help="Gaussian noise std relative to the series maximum")
+    parser.add_argument(
+        "--noise-std-rel",
+        type=float,
+        default=0.0,
+        help="Gaussian noise std relative to the series maximum",
+    )
     parser.add_argument("--drift-std-A", type=float, default=0.0)
     parser.add_argument("--method", choices=("prism", "multislice"), default="prism")
     parser.add_argument("--potential-sampling-A", type=float, default=0.1)
-    parser.add_argument("--no-off-zone", action="store_true",
-                        help="keep the crystal axes along x, y, z (default: rotate off zone axes)")
+    parser.add_argument(
+        "--no-off-zone",
+        action="store_true",
+        help="keep the crystal axes along x, y, z (default: rotate off zone axes)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -616,23 +653,41 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         tilts = parse_tilts(args.tilts)
-        atoms = _build_particle(args.particle, args.element, args.radius_A, args.seed,
-                                not args.no_off_zone)
-        common = dict(dose_e_per_A2=args.dose, noise_std_rel=args.noise_std_rel,
-                      drift_std_A=args.drift_std_A, seed=args.seed)
+        atoms = _build_particle(
+            args.particle, args.element, args.radius_A, args.seed, not args.no_off_zone
+        )
+        common = dict(
+            dose_e_per_A2=args.dose,
+            noise_std_rel=args.noise_std_rel,
+            drift_std_A=args.drift_std_A,
+            seed=args.seed,
+        )
         if args.mode == "fast":
             series = simulate_fast(atoms, tilts, pixel_size_A=args.pixel_size_A or 0.25, **common)
         else:
-            series = simulate_haadf(atoms, tilts, scan_pixel_size_A=args.pixel_size_A or 0.5,
-                                    method=args.method,
-                                    potential_sampling_A=args.potential_sampling_A, **common)
+            series = simulate_haadf(
+                atoms,
+                tilts,
+                scan_pixel_size_A=args.pixel_size_A or 0.5,
+                method=args.method,
+                potential_sampling_A=args.potential_sampling_A,
+                **common,
+            )
     except ValueError as err:
         parser.error(str(err))
-    series = series.replace(provenance={**series.provenance, "particle": args.particle,
-                                        "radius_A": args.radius_A, "tilts": args.tilts})
+    series = series.replace(
+        provenance={
+            **series.provenance,
+            "particle": args.particle,
+            "radius_A": args.radius_A,
+            "tilts": args.tilts,
+        }
+    )
     save_tilt_series(series, args.output)
-    print(f"{len(atoms)} atoms, {series.n_angles} images {series.image_shape}, "
-          f"{series.provenance['seconds_per_angle']:.2f} s/angle → {args.output}")
+    print(
+        f"{len(atoms)} atoms, {series.n_angles} images {series.image_shape}, "
+        f"{series.provenance['seconds_per_angle']:.2f} s/angle → {args.output}"
+    )
 
 
 if __name__ == "__main__":
