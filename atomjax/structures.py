@@ -91,8 +91,10 @@ def fcc_sphere(
     origin. Cube axes along x, y, z; ``lattice_constant_A`` defaults to ase's value."""
     _check_element(element)
     radius_A = _check_positive("radius_A", radius_A)
-    a = fcc_lattice_constant_A(element) if lattice_constant_A is None else _check_positive(
-        "lattice_constant_A", lattice_constant_A
+    a = (
+        fcc_lattice_constant_A(element)
+        if lattice_constant_A is None
+        else _check_positive("lattice_constant_A", lattice_constant_A)
     )
     pos, _ = _lattice_sphere(_FCC_BASIS, np.full(3, a), radius_A)
     return _centred(ase.Atoms([element] * len(pos), positions=pos))
@@ -116,8 +118,10 @@ def decahedron(
     diameter_A = _check_positive("diameter_A", diameter_A)
     if int(q) != q or q < 1 or int(r) != r or r < 0:
         raise ValueError(f"q must be an integer >= 1 and r an integer >= 0, got q={q}, r={r}")
-    a = fcc_lattice_constant_A(element) if lattice_constant_A is None else _check_positive(
-        "lattice_constant_A", lattice_constant_A
+    a = (
+        fcc_lattice_constant_A(element)
+        if lattice_constant_A is None
+        else _check_positive("lattice_constant_A", lattice_constant_A)
     )
     best, best_err = None, np.inf
     for p in range(2, 400):
@@ -153,9 +157,7 @@ def amorphous(
     dmin = _check_positive("min_distance_A", min_distance_A)
     dmax = _check_positive("max_distance_A", max_distance_A)
     if dmax <= dmin:
-        raise ValueError(
-            f"max_distance_A ({dmax}) must be larger than min_distance_A ({dmin})"
-        )
+        raise ValueError(f"max_distance_A ({dmax}) must be larger than min_distance_A ({dmin})")
     if attempts_per_atom < 1:
         raise ValueError(f"attempts_per_atom must be >= 1, got {attempts_per_atom}")
     rng = np.random.default_rng(seed)

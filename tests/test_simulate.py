@@ -35,8 +35,14 @@ def _centroid_A(image, pixel_size_A):
 def _sparse_atoms():
     """Six Pt atoms ≥ 4 Å apart in projection at the angles used below."""
     pos = np.array(
-        [[0.0, 0.0, 0.0], [4.6, 1.3, -2.0], [-3.9, 4.4, 1.5], [1.2, -5.1, 3.0],
-         [-4.8, -3.7, -1.0], [5.3, 5.6, 0.7]]
+        [
+            [0.0, 0.0, 0.0],
+            [4.6, 1.3, -2.0],
+            [-3.9, 4.4, 1.5],
+            [1.2, -5.1, 3.0],
+            [-4.8, -3.7, -1.0],
+            [5.3, 5.6, 0.7],
+        ]
     )
     return ase.Atoms("Pt6", positions=pos)
 
@@ -111,8 +117,9 @@ def test_fast_metadata_and_shape():
     assert prov["abtem_version"] and prov["blur_sigma_A"] == 0.5 and prov["seed"] == 0
     json.dumps(prov)
     # one atom at the rotation centre peaks on pixel n // 2
-    single = simulate.simulate_fast(ase.Atoms("Au", positions=[[0, 0, 0]]), [0.0, 50.0],
-                                    progress=False)
+    single = simulate.simulate_fast(
+        ase.Atoms("Au", positions=[[0, 0, 0]]), [0.0, 50.0], progress=False
+    )
     n = single.image_shape[0]
     for img in single.images:
         assert np.unravel_index(img.argmax(), img.shape) == (n // 2, n // 2)
@@ -122,8 +129,7 @@ def test_poisson_noise_statistics():
     atoms = structures.fcc_sphere("Au", radius_A=5.0)
     clean = simulate.simulate_fast(atoms, [0.0, 45.0], progress=False)
     dose = 2000.0
-    noisy = simulate.simulate_fast(atoms, [0.0, 45.0], dose_e_per_A2=dose, seed=7,
-                                   progress=False)
+    noisy = simulate.simulate_fast(atoms, [0.0, 45.0], dose_e_per_A2=dose, seed=7, progress=False)
     scale = noisy.provenance["counts_per_unit_image"]
     expected = np.clip(clean.images * scale, 0, None)
     # the brightest pixel of the series receives dose · pixel area electrons
@@ -136,8 +142,7 @@ def test_poisson_noise_statistics():
     # variance = mean (Poisson), pooled over pixels
     ratio = (resid[bright] ** 2).sum() / expected[bright].sum()
     assert 0.9 < ratio < 1.1
-    again = simulate.simulate_fast(atoms, [0.0, 45.0], dose_e_per_A2=dose, seed=7,
-                                   progress=False)
+    again = simulate.simulate_fast(atoms, [0.0, 45.0], dose_e_per_A2=dose, seed=7, progress=False)
     np.testing.assert_array_equal(again.images, noisy.images)
 
 
@@ -153,8 +158,9 @@ def test_drift_shifts_image():
     tilts = [0.0, 20.0, 40.0]
     shape = (96, 96)
     still = simulate.simulate_fast(atoms, tilts, image_shape=shape, progress=False)
-    moved = simulate.simulate_fast(atoms, tilts, image_shape=shape, drift_std_A=1.5, seed=2,
-                                   progress=False)
+    moved = simulate.simulate_fast(
+        atoms, tilts, image_shape=shape, drift_std_A=1.5, seed=2, progress=False
+    )
     drift = moved.drift_A
     assert drift.shape == (3, 3) and np.abs(drift).max() > 0.3
     for j in range(3):
@@ -188,11 +194,13 @@ def test_haadf_detector_limit_errors():
     atoms = structures.fcc_sphere("Au", radius_A=4.0)
     assert abs(simulate.max_detector_angle_mrad(0.1, 300e3) - 65.6) < 0.1
     with pytest.raises(ValueError, match="anti-aliasing"):
-        simulate.simulate_haadf(atoms, [0.0], detector_mrad=(30, 195),
-                                potential_sampling_A=0.1, progress=False)
+        simulate.simulate_haadf(
+            atoms, [0.0], detector_mrad=(30, 195), potential_sampling_A=0.1, progress=False
+        )
     with pytest.raises(ValueError, match="inner"):
-        simulate.simulate_haadf(atoms, [0.0], detector_mrad=(50, 40),
-                                potential_sampling_A=0.1, progress=False)
+        simulate.simulate_haadf(
+            atoms, [0.0], detector_mrad=(50, 40), potential_sampling_A=0.1, progress=False
+        )
     with pytest.raises(ValueError, match="method"):
         simulate.simulate_haadf(atoms, [0.0], method="bloch", progress=False)
     with pytest.raises(ValueError, match="prism_interpolation"):

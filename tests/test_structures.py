@@ -150,9 +150,24 @@ def test_rotations_keep_shape():
     np.testing.assert_allclose(_pair_distances(off), _pair_distances(atoms), atol=1e-9)
     # the rotation R maps crystal axes d to R d; recover it and check the margin
     r, _ = Rotation.align_vectors(off.positions, atoms.positions)
-    axes = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -1, 0], [1, 0, 1],
-                     [1, 0, -1], [0, 1, 1], [0, 1, -1], [1, 1, 1], [1, 1, -1], [1, -1, 1],
-                     [-1, 1, 1]], float)
+    axes = np.array(
+        [
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 1, 0],
+            [1, -1, 0],
+            [1, 0, 1],
+            [1, 0, -1],
+            [0, 1, 1],
+            [0, 1, -1],
+            [1, 1, 1],
+            [1, 1, -1],
+            [1, -1, 1],
+            [-1, 1, 1],
+        ],
+        float,
+    )
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
     margin = np.degrees(np.arcsin(np.abs(r.apply(axes)[:, 1]).min()))
     assert margin >= 5.0
