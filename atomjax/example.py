@@ -41,7 +41,7 @@ def run(radius_A: float, tilts: str, out: pathlib.Path, n_slices: int, seed: int
 
     particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", radius_A), seed=seed)
     print(f"particle: {len(particle)} Au atoms, radius {radius_A} Å")
-    series = simulate.simulate_fast(particle, tilts, seed=seed)
+    series = simulate.simulate_fast(particle, simulate.parse_tilts(tilts), seed=seed)
     observed = normalise_series(series.images)
     extent_A = 2 * np.abs(series.atoms_positions_A).max() + 2.0
     setup = ImagingSetup(
