@@ -368,6 +368,20 @@ def _single_axis_or_euler(angles: np.ndarray, tilt_sign: int) -> np.ndarray:
     return euler
 
 
+def _row_major_stack_series(
+    data: np.ndarray, images_path, angles_path, pixel_size_A, tilt_sign: int, provenance: dict
+) -> TiltSeries:
+    """A (pages, rows, cols) stack with an angles file → TiltSeries, u = column, v = row."""
+    angles = _read_angles_table(angles_path, None)
+    _check_count(angles.shape[0], data.shape[0], angles_path, images_path)
+    return TiltSeries(
+        images=np.ascontiguousarray(data.transpose(0, 2, 1)),
+        euler_deg=_single_axis_or_euler(angles, tilt_sign),
+        pixel_size_A=pixel_size_A,
+        provenance={**provenance, "tilt_sign": tilt_sign},
+    )
+
+
 def read_mrc_series(
     mrc_path: PathLike,
     tlt_path: PathLike | None = None,
@@ -413,18 +427,17 @@ def read_mrc_series(
                 "pass pixel_size_A"
             )
         pixel_size_A = header_pixel
-    angles = _read_angles_table(tlt_path, None)
-    _check_count(angles.shape[0], data.shape[0], tlt_path, mrc_path)
-    return TiltSeries(
-        images=np.ascontiguousarray(data.transpose(0, 2, 1)),
-        euler_deg=_single_axis_or_euler(angles, tilt_sign),
-        pixel_size_A=pixel_size_A,
-        provenance={
+    return _row_major_stack_series(
+        data,
+        mrc_path,
+        tlt_path,
+        pixel_size_A,
+        tilt_sign,
+        {
             "reader": "atomjax.io.read_mrc_series",
             "mrc": str(mrc_path),
             "tlt": str(tlt_path),
             "axes": "images[j, u, v] = mrc.data[j, v, u] (u = x, v = y)",
-            "tilt_sign": tilt_sign,
         },
     )
 
@@ -457,18 +470,17 @@ def read_tiff_series(
             f"{tiff_path} holds an array of shape {data.shape}; expected (pages, rows, cols) "
             "grey-scale images"
         )
-    angles = _read_angles_table(angles_path, None)
-    _check_count(angles.shape[0], data.shape[0], angles_path, tiff_path)
-    return TiltSeries(
-        images=np.ascontiguousarray(data.transpose(0, 2, 1)),
-        euler_deg=_single_axis_or_euler(angles, tilt_sign),
-        pixel_size_A=pixel_size_A,
-        provenance={
+    return _row_major_stack_series(
+        data,
+        tiff_path,
+        angles_path,
+        pixel_size_A,
+        tilt_sign,
+        {
             "reader": "atomjax.io.read_tiff_series",
             "tiff": str(tiff_path),
             "angles": str(angles_path),
             "axes": "images[j, u, v] = page_j[v, u] (u = column, v = row)",
-            "tilt_sign": tilt_sign,
         },
     )
 
