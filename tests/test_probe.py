@@ -94,11 +94,10 @@ def test_aperture_soft_edge_matches_abtem():
     ap = abtem.transfer.Aperture(
         semiangle_cutoff=25.0, energy=300e3, gpts=(N, N), sampling=SAMPLING_A
     )
-    theirs = np.asarray(ap._evaluate_kernel()) if hasattr(ap, "_evaluate_kernel") else None
+    theirs = np.asarray(ap._evaluate_kernel()).reshape(N, N)
     ours = np.asarray(aperture((N, N), SAMPLING_A, 300e3, 25.0))
-    if theirs is None:
-        pytest.skip("this abTEM version does not expose the aperture kernel")
-    np.testing.assert_allclose(ours, np.asarray(theirs).reshape(N, N), atol=1e-6)
+    assert np.count_nonzero((theirs > 0) & (theirs < 1)) > 0, "abTEM's edge should be soft"
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
 def test_bad_probe_settings_raise():

@@ -185,6 +185,16 @@ def test_drift_shifts_the_image():
     )
 
 
+def test_atoms_create_pads_with_dead_atoms_and_host_copies_keep_the_live_ones():
+    atoms = random_atoms(n=5, capacity=9)
+    assert atoms.capacity == 9 and atoms.n_alive == 5
+    live = atoms.alive_numpy()
+    assert live["positions_A"].shape == (5, 3)
+    np.testing.assert_array_equal(live["amplitudes"], np.asarray(atoms.amplitudes)[:5])
+    with pytest.raises(ValueError, match="capacity"):
+        random_atoms(n=5, capacity=3)
+
+
 def test_dead_atoms_contribute_nothing_and_get_zero_finite_gradients():
     live = random_atoms(n=8)
     padded = random_atoms(n=8, capacity=12)
