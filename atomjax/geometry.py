@@ -112,3 +112,32 @@ def linear_slice_weights(
         frac = jnp.zeros_like(t)
     k1 = jnp.minimum(k0 + 1, n_slices - 1)
     return jnp.stack([k0, k1], -1), jnp.stack([1.0 - frac, frac], -1)
+
+
+def check_views(euler_deg, drift_A=None, n_images: int | None = None):
+    """Host-side check of (m, 3) Euler triples in degrees and (m, 3) drift (None: zeros).
+
+    Returns float numpy copies (euler_deg, drift_A); raises ValueError naming the
+    problem: wrong shapes, no angles, NaN/inf, or a count that differs from n_images.
+    """
+    euler = np.asarray(euler_deg, dtype=float)
+    if euler.ndim != 2 or euler.shape[1] != 3:
+        raise ValueError(
+            f"euler_deg must have shape (angles, 3), got {euler.shape}; for a single-axis "
+            "series use atomjax.geometry.euler_from_tilts_deg"
+        )
+    m = euler.shape[0]
+    if m == 0:
+        raise ValueError("euler_deg is empty: no tilt angles")
+    if n_images is not None and m != n_images:
+        raise ValueError(
+            f"{m} Euler triples for {n_images} images: the numbers of angles and images must match"
+        )
+    if not np.all(np.isfinite(euler)):
+        raise ValueError("euler_deg contains NaN or infinite values")
+    drift = np.zeros((m, 3)) if drift_A is None else np.asarray(drift_A, dtype=float)
+    if drift.shape != (m, 3):
+        raise ValueError(f"drift_A must have shape ({m}, 3) to match {m} angles, got {drift.shape}")
+    if not np.all(np.isfinite(drift)):
+        raise ValueError("drift_A contains NaN or infinite values")
+    return euler, drift

@@ -127,14 +127,35 @@ class FixedProbe(eqx.Module):
 
 
 class PhysicalProbe(eqx.Module):
-    """Adaptive DDI through the physical aberrations: the stack follows the settings."""
+    """Adaptive DDI through the physical aberrations: the stack follows the settings.
+
+    ``focus_offsets_A`` (m,), optional: a per-image change of defocus (Å) added to
+    ``settings.defocus_A`` for image j — focus that wanders along the tilt series. With
+    it the stack is computed per image inside the angle map (``per_image``).
+    """
 
     settings: ProbeSettings
+    focus_offsets_A: Float[Array, " m"] | None = None
 
-    def intensities(self, setup: ImagingSetup) -> Float[Array, "k nu nv"]:
+    @property
+    def per_image(self) -> bool:
+        return self.focus_offsets_A is not None
+
+    def intensities(self, setup: ImagingSetup, focus_offset_A=0.0) -> Float[Array, "k nu nv"]:
+        settings = self.settings
+        if not (isinstance(focus_offset_A, float) and focus_offset_A == 0.0):
+            settings = eqx.tree_at(
+                lambda s: s.defocus_A, settings, settings.defocus_A + focus_offset_A
+            )
         return probe_intensity_stack(
-            setup.image_shape, setup.pixel_size_A, self.settings, setup.slice_centres_A
+            setup.image_shape, setup.pixel_size_A, settings, setup.slice_centres_A
         )
+
+    def select(self, index) -> PhysicalProbe:
+        """The probe of the images ``index`` (a mini-batch)."""
+        if self.focus_offsets_A is None:
+            return self
+        return PhysicalProbe(self.settings, self.focus_offsets_A[index])
 
 
 class PixelProbe(eqx.Module):
@@ -278,7 +299,8 @@ def render_series(
             f"and {drift_A.shape}"
         )
     pos, width, amp = atoms.masked()
-    if probe is None:
+    per_image = getattr(probe, "per_image", False)
+    if probe is None or per_image:
         probe_ft = None
     else:
         stack = probe.intensities(setup) if hasattr(probe, "intensities") else probe
@@ -292,11 +314,21 @@ def render_series(
     chunk = min(setup.angle_chunk, m)
     n_chunks = -(-m // chunk)
     pad = n_chunks * chunk - m
-    views = jnp.concatenate([euler_rad, drift_A], axis=1).astype(pos.dtype)
-    views = jnp.pad(views, ((0, pad), (0, 0))).reshape(n_chunks, chunk, 6)
+    columns = [euler_rad, drift_A]
+    if per_image:
+        if probe.focus_offsets_A.shape != (m,):
+            raise ValueError(
+                f"probe.focus_offsets_A has shape {probe.focus_offsets_A.shape}, expected ({m},) "
+                "to match the angles"
+            )
+        columns.append(probe.focus_offsets_A[:, None])
+    views = jnp.concatenate([c.astype(pos.dtype) for c in columns], axis=1)
+    n_cols = views.shape[1]
+    views = jnp.pad(views, ((0, pad), (0, 0))).reshape(n_chunks, chunk, n_cols)
 
     def one(view):
-        return _image(pos, width, amp, view[:3], view[3:], probe_ft, setup)
+        ft = probe_fourier(probe.intensities(setup, view[6])) if per_image else probe_ft
+        return _image(pos, width, amp, view[:3], view[3:6], ft, setup)
 
     @jax.checkpoint
     def chunk_images(views_chunk):
@@ -320,22 +352,7 @@ def render_tilt_series(
 
     euler_deg: (m, 3) Euler triples (ψ, θ, φ) in degrees; drift_A: (m, 3) or None.
     """
-    euler_deg = np.asarray(euler_deg, dtype=float)
-    if euler_deg.ndim != 2 or euler_deg.shape[1] != 3:
-        raise ValueError(
-            f"euler_deg must have shape (angles, 3), got {euler_deg.shape}; for a single-axis "
-            "series use atomjax.geometry.euler_from_tilts_deg"
-        )
-    m = euler_deg.shape[0]
-    if m == 0:
-        raise ValueError("euler_deg is empty: no tilt angles to render")
-    if not np.all(np.isfinite(euler_deg)):
-        raise ValueError("euler_deg contains NaN or infinite values")
-    drift = np.zeros((m, 3)) if drift_A is None else np.asarray(drift_A, dtype=float)
-    if drift.shape != (m, 3):
-        raise ValueError(f"drift_A must have shape ({m}, 3) to match {m} angles, got {drift.shape}")
-    if not np.all(np.isfinite(drift)):
-        raise ValueError("drift_A contains NaN or infinite values")
+    euler_deg, drift = geometry.check_views(euler_deg, drift_A)
     for name in ("positions_A", "widths_A2", "amplitudes"):
         if not bool(jnp.all(jnp.isfinite(getattr(atoms, name)))):
             raise ValueError(f"atoms.{name} contains NaN or infinite values")

@@ -23,3 +23,31 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"third-party data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active (``with CompileCounter() as c``)."""
+
+    def __init__(self):
+        self.events = []
+
+    def _listener(self, event, duration, **kwargs):
+        if "backend_compile" in event:
+            self.events.append(event)
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.clear_event_listeners()
+        return False
+
+    @property
+    def count(self) -> int:
+        return len(self.events)
+
+
+@pytest.fixture
+def compile_counter():
+    return CompileCounter

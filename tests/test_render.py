@@ -225,7 +225,7 @@ def test_dead_atoms_contribute_nothing_and_get_zero_finite_gradients():
         assert np.any(arr[:8] != 0), name
 
 
-def test_no_recompilation_on_second_call():
+def test_no_recompilation_on_second_call(compile_counter):
     setup = ImagingSetup((24, 24), 0.3, n_slices=3)
     probe = make_probe("adaptive", ProbeSettings(), setup)
     euler = jnp.asarray(np.deg2rad([[0, 5, 0], [0, 50, 0]]))
@@ -235,20 +235,11 @@ def test_no_recompilation_on_second_call():
         (random_atoms(seed=1), euler + 0.1, drift + 0.2),  # new values, same shapes
         (random_atoms(capacity=16), euler, drift),  # the capacity is a shape
     ]
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if "backend_compile" in event:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        counts = []
+    counts = []
+    with compile_counter() as c:
         for atoms, e, d in inputs:
             render_series(atoms, e, d, probe, setup).block_until_ready()
-            counts.append(len(compiles))
-    finally:
-        jax.monitoring.clear_event_listeners()
+            counts.append(c.count)
     assert counts[0] > 0
     assert counts[1] == counts[0], "second call with the same shapes recompiled"
     assert counts[2] > counts[1], "a new capacity must compile (the counter works)"
@@ -284,3 +275,28 @@ def test_bad_input_errors_name_the_problem():
     )
     with pytest.raises(ValueError, match="positions_A"):
         render_tilt_series(nan_atoms, [[0, 0, 0]], setup)
+
+
+def test_physical_probe_per_image_focus_equals_fixed_probe_at_that_focus():
+    from atomjax.probe import ProbeSettings
+    from atomjax.render import FixedProbe, PhysicalProbe
+
+    setup = ImagingSetup((32, 32), 0.3, n_slices=3, slice_thickness_A=4.0, max_width_A2=1.0)
+    rng = np.random.default_rng(3)
+    atoms = Atoms.create(rng.uniform(-3, 3, (6, 3)), 0.5, 1.0)
+    euler_deg = np.array([[0.0, -30.0, 0.0], [0.0, 10.0, 0.0], [5.0, 40.0, -20.0]])
+    offsets = np.array([-25.0, 0.0, 40.0])
+    settings = ProbeSettings(semiangle_mrad=22.0, defocus_A=10.0, C12_A=5.0, phi12_rad=0.3)
+    per_image = PhysicalProbe(settings, jnp.asarray(offsets))
+    images = render_tilt_series(atoms, euler_deg, setup, per_image)
+    for j, d in enumerate(offsets):
+        s = ProbeSettings(semiangle_mrad=22.0, defocus_A=10.0 + d, C12_A=5.0, phi12_rad=0.3)
+        ref = render_tilt_series(
+            atoms, euler_deg[j : j + 1], setup, FixedProbe.from_settings(s, setup)
+        )
+        np.testing.assert_allclose(images[j], ref[0], atol=1e-10 * float(ref.max()) + 1e-14)
+    # the offsets matter: without them image 2 differs
+    plain = render_tilt_series(atoms, euler_deg, setup, PhysicalProbe(settings))
+    assert float(jnp.abs(plain[2] - images[2]).max()) > 1e-3 * float(plain.max())
+    with pytest.raises(ValueError, match="focus_offsets_A"):
+        render_tilt_series(atoms, euler_deg, setup, PhysicalProbe(settings, jnp.zeros(2)))

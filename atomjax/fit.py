@@ -1,0 +1,316 @@
+"""The fit: jit-compiled phases of optax steps that match rendered images to a tilt series.
+
+Parameters (:class:`Params`, a pytree): the atoms, a drift (u, v, w) per image, and
+the probe (None in direct mode, a fixed stack in rigid mode, per-pixel logits or
+physical aberrations with a per-image focus in adaptive mode).
+
+One optax transformation per parameter group (positions, widths, amplitudes, drift,
+probe pixels, defocus, astigmatism, Cs), composed with :func:`optax.partition`; the
+groups are read from the pytree paths, so a new probe type needs only a label.
+A phase is ``n_steps`` steps inside one ``lax.scan`` (one compilation per capacity;
+equal shapes never recompile). Every step:
+
+1. picks the images (all of them, or a random mini-batch of angles),
+2. evaluates loss and gradient,
+3. applies the update scaled by ``lr_scale · lr_mult``,
+4. projects widths into [width_min_A2, setup.max_width_A2] (the splatting window is
+   sized for max_width_A2) and amplitudes to ≥ 0,
+5. rejects the step if the loss, a gradient or a new parameter is not finite: the
+   parameters and optimizer state stay as they were and ``lr_scale`` is multiplied by
+   ``nan_lr_factor`` — a bad step lowers the learning rate instead of ending the run.
+
+Between phases the host may change the atoms (merge, prune, add: :mod:`atomjax.adapt`);
+:func:`resize_state` then carries every surviving atom's optimizer moments to its new
+slot and gives added atoms zero moments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .atoms import Atoms
+from .loss import LOSSES
+from .render import FixedProbe, ImagingSetup, PhysicalProbe, PixelProbe, render_series
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings (plain values; hashable, so a jit static argument).
+
+    Learning rates are Adam step sizes in the parameter's own unit per step;
+    ``lr_amplitudes_rel`` is relative to the median initial amplitude (the image
+    scale is data-dependent). A learning rate of 0 freezes its group.
+    """
+
+    loss: str = "mse"
+    n_phases: int = 6
+    steps_per_phase: int = 150
+    batch_angles: int | None = None  # None: all images every step
+    lr_positions_A: float = 0.02
+    lr_widths_A2: float = 0.005
+    lr_amplitudes_rel: float = 0.01
+    lr_drift_A: float = 0.0
+    lr_probe_logits: float = 0.01  # adaptive, per-pixel probe
+    lr_defocus_A: float = 2.0  # adaptive, physical probe: defocus and per-image focus
+    lr_astigmatism_A: float = 1.0
+    lr_astigmatism_angle_rad: float = 0.01
+    lr_cs_A: float = 0.0
+    lr_decay_per_phase: float = 0.8
+    width_min_A2: float = 0.05
+    nan_lr_factor: float = 0.5
+    b1: float = 0.9
+    b2: float = 0.999
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        for name in ("n_phases", "steps_per_phase"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v}")
+        if self.batch_angles is not None and (
+            int(self.batch_angles) != self.batch_angles or self.batch_angles < 1
+        ):
+            raise ValueError(f"batch_angles must be a positive integer or None, got {self}")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("lr_"):
+                v = getattr(self, f.name)
+                if not (math.isfinite(v) and v >= 0):
+                    raise ValueError(f"{f.name} must be a finite number >= 0, got {v}")
+        if not 0 < self.nan_lr_factor < 1:
+            raise ValueError(f"nan_lr_factor must lie in (0, 1), got {self.nan_lr_factor}")
+        if not self.width_min_A2 > 0:
+            raise ValueError(f"width_min_A2 must be positive, got {self.width_min_A2}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> OptimConfig:
+        return settings_from_dict(cls, d)
+
+
+def settings_from_dict(cls, d):
+    """``cls(**d)`` for a settings dataclass, refusing unknown keys by name (typos)."""
+    if isinstance(d, cls):
+        return d
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+
+class Params(eqx.Module):
+    """Everything the fit may change."""
+
+    atoms: Atoms
+    drift_A: jax.Array  # (m, 3)
+    probe: Any = None  # None | FixedProbe | PixelProbe | PhysicalProbe
+
+
+# ------------------------------------------------------------------ parameter groups
+
+# pytree attribute name -> (group label, OptimConfig field with its learning rate)
+_GROUPS = {
+    "positions_A": ("positions", "lr_positions_A"),
+    "widths_A2": ("widths", "lr_widths_A2"),
+    "amplitudes": ("amplitudes", "lr_amplitudes_rel"),
+    "drift_A": ("drift", "lr_drift_A"),
+    "logits": ("probe_logits", "lr_probe_logits"),
+    "defocus_A": ("defocus", "lr_defocus_A"),
+    "focus_offsets_A": ("defocus", "lr_defocus_A"),
+    "C12_A": ("astigmatism", "lr_astigmatism_A"),
+    "phi12_rad": ("astigmatism_angle", "lr_astigmatism_angle_rad"),
+    "C30_A": ("cs", "lr_cs_A"),
+}
+
+
+def _names(path) -> list[str]:
+    return [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
+
+
+def _group(path) -> str | None:
+    for name in reversed(_names(path)):
+        if name in _GROUPS:
+            return _GROUPS[name][0]
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """Absolute learning rates per group (the host computes them once per run)."""
+
+    values: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def from_config(cls, config: OptimConfig, amplitude_scale: float) -> Rates:
+        out = {}
+        for label, field in _GROUPS.values():
+            lr = float(getattr(config, field))
+            if field == "lr_amplitudes_rel":
+                lr *= float(amplitude_scale)
+            out[label] = lr
+        return cls(tuple(sorted(out.items())))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.values)
+
+
+def _labels(diff, rates: Rates):
+    lr = rates.as_dict()
+
+    def label(path, leaf):
+        g = _group(path)
+        return g if g is not None and lr.get(g, 0.0) > 0 else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, diff)
+
+
+def build_optimizer(config: OptimConfig, rates: Rates) -> optax.GradientTransformation:
+    """Adam per parameter group with its own learning rate; frozen groups get no update."""
+    transforms = {
+        label: optax.adam(lr, b1=config.b1, b2=config.b2) for label, lr in rates.values if lr > 0
+    }
+    transforms["frozen"] = optax.set_to_zero()
+    return optax.partition(transforms, lambda diff: _labels(diff, rates))
+
+
+def trainable(params: Params):
+    """(diff, static): the inexact arrays the optimizer sees, and the rest."""
+    return eqx.partition(params, eqx.is_inexact_array)
+
+
+def init_state(params: Params, config: OptimConfig, rates: Rates):
+    diff, _ = trainable(params)
+    return build_optimizer(config, rates).init(diff)
+
+
+# ------------------------------------------------------------------------ the phase
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _project(diff, config: OptimConfig, setup: ImagingSetup):
+    atoms = diff.atoms
+    widths = jnp.clip(atoms.widths_A2, config.width_min_A2, setup.max_width_A2)
+    amps = jnp.maximum(atoms.amplitudes, 0.0)
+    return eqx.tree_at(lambda d: (d.atoms.widths_A2, d.atoms.amplitudes), diff, (widths, amps))
+
+
+def batch_probe(probe, index):
+    return probe.select(index) if isinstance(probe, PhysicalProbe) else probe
+
+
+def objective(params: Params, observed, euler_rad, index, setup: ImagingSetup, loss: str):
+    """Loss of the images ``index`` (the whole series when index covers all angles)."""
+    calc = render_series(
+        params.atoms,
+        euler_rad[index],
+        params.drift_A[index],
+        batch_probe(params.probe, index),
+        setup,
+    )
+    return LOSSES[loss](observed[index], calc)
+
+
+@eqx.filter_jit
+def run_phase(
+    params: Params,
+    opt_state,
+    lr_scale,
+    lr_mult,
+    key,
+    observed,
+    euler_rad,
+    setup: ImagingSetup,
+    config: OptimConfig,
+    rates: Rates,
+    n_steps: int,
+):
+    """``n_steps`` optimisation steps in one compiled scan.
+
+    Returns (params, opt_state, lr_scale, losses (n_steps,), n_rejected). The loss of
+    step s is evaluated before its update.
+    """
+    m = observed.shape[0]
+    optimizer = build_optimizer(config, rates)
+    diff0, static = trainable(params)
+    batch = config.batch_angles
+    use_batch = batch is not None and batch < m
+
+    def step(carry, step_key):
+        diff, state, scale, n_bad = carry
+        if use_batch:
+            index = jax.random.permutation(step_key, m)[:batch]
+        else:
+            index = jnp.arange(m)
+
+        def f(d):
+            return objective(eqx.combine(d, static), observed, euler_rad, index, setup, config.loss)
+
+        loss, grads = jax.value_and_grad(f)(diff)
+        updates, new_state = optimizer.update(grads, state, diff)
+        updates = jax.tree.map(lambda u: u * (scale * lr_mult).astype(u.dtype), updates)
+        new_diff = _project(eqx.apply_updates(diff, updates), config, setup)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_diff)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        diff = keep(new_diff, diff)
+        state = keep(new_state, state)
+        scale = jnp.where(ok, scale, scale * config.nan_lr_factor)
+        return (diff, state, scale, n_bad + (~ok).astype(jnp.int32)), loss
+
+    keys = jax.random.split(key, n_steps)
+    init = (diff0, opt_state, jnp.asarray(lr_scale, observed.dtype), jnp.asarray(0, jnp.int32))
+    (diff, opt_state, lr_scale, n_bad), losses = jax.lax.scan(step, init, keys)
+    return eqx.combine(diff, static), opt_state, lr_scale, losses, n_bad
+
+
+# -------------------------------------------------------------- state edits (host side)
+
+
+def _is_atom_path(path) -> bool:
+    return "atoms" in _names(path)
+
+
+def resize_state(opt_state, new_params: Params, source: np.ndarray, config, rates):
+    """Optimizer state for ``new_params`` after the atoms changed on the host.
+
+    ``source[i]`` is the old slot whose moments atom i inherits (-1: a new atom, zero
+    moments); slots beyond ``len(source)`` (dead padding) get zeros. Non-atom state
+    (drift, probe, step counts) is kept as it is.
+    """
+    template = init_state(new_params, config, rates)
+    source = np.asarray(source, dtype=np.int64)
+    n = source.size
+
+    def edit(path, new_leaf, old_leaf):
+        if not _is_atom_path(path) or not eqx.is_array(new_leaf):
+            return old_leaf
+        old = np.asarray(old_leaf)
+        out = np.zeros(new_leaf.shape, old.dtype)
+        valid = source >= 0
+        out[:n][valid] = old[source[valid]]
+        return jnp.asarray(out)
+
+    return jax.tree_util.tree_map_with_path(edit, template, opt_state)
+
+
+def atoms_from_arrays(positions_A, widths_A2, amplitudes, capacity: int, dtype) -> Atoms:
+    return Atoms.create(positions_A, widths_A2, amplitudes, capacity=capacity, dtype=dtype)
+
+
+def probe_kind(probe) -> str:
+    for cls, name in ((FixedProbe, "fixed"), (PixelProbe, "pixel"), (PhysicalProbe, "physical")):
+        if isinstance(probe, cls):
+            return name
+    return "none"

@@ -1,0 +1,487 @@
+"""Reconstruct atoms from a tilt series: initialise, fit in phases, adapt, write outputs.
+
+The host-side driver around the jit-compiled phases of :mod:`atomjax.fit`:
+
+1. normalise the series to [0, 1] (LOT eq. 6) and build the imaging setup;
+2. initial atoms (:mod:`atomjax.init`: grid, random or tomogram peaks), with one
+   amplitude scale fitted by least squares so every method starts at the data's
+   intensity;
+3. phases of optax steps; between phases, on the host, merge / prune / add
+   (:mod:`atomjax.adapt`, candidates for missing atoms from the back-projected
+   positive residual), then a checkpoint;
+4. outputs in the run folder: ``atoms.extxyz``, ``report.json`` (settings, loss
+   history, R-factor per image, run time, atom count, metrics against ground truth
+   when the series carries it) and figures.
+
+Nothing here reads the ground truth except the final, reported evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import adapt, fit, init, metrics, outputs, tomogram
+from .adapt import AdaptConfig
+from .atoms import Atoms
+from .data import TiltSeries, normalise_series
+from .fit import OptimConfig, Params, Rates, settings_from_dict
+from .init import InitConfig
+from .probe import ProbeSettings
+from .render import MODES, FixedProbe, ImagingSetup, PhysicalProbe, PixelProbe, render_series
+
+PROBE_FITS = ("pixel", "physical")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    """All settings of a reconstruction (plain values; Hydra maps its groups onto these).
+
+    mode: "direct", "rigid" or "adaptive" interaction. probe_fit (adaptive): "pixel"
+    (every probe pixel per slice, LOT) or "physical" (defocus, astigmatism, Cs and a
+    focus per image). probe: ProbeSettings fields used when the series has none.
+    Slices of ``slice_thickness_A`` cover the field of view unless ``n_slices`` is set.
+    ``max_width_A2`` sizes the splatting window and bounds the fitted widths.
+    species: names from the weakest to the strongest scatterer, to classify atoms.
+    """
+
+    mode: str = "direct"
+    probe_fit: str = "pixel"
+    focus_per_image: bool = True
+    probe: dict | None = None
+    slice_thickness_A: float = 2.0
+    n_slices: int | None = None
+    max_width_A2: float = 1.5
+    angle_chunk: int = 8
+    calibrate_amplitude: bool = True
+    adapt_between_phases: bool = True
+    add_voxel_size_A: float = 0.5
+    species: tuple[str, ...] | None = None
+    species_method: str = "gmm"
+    checkpoint: bool = True
+    seed: int = 0
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    adapt: AdaptConfig = dataclasses.field(default_factory=AdaptConfig)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown interaction mode {self.mode!r}; choose one of {MODES}")
+        if self.probe_fit not in PROBE_FITS:
+            raise ValueError(f"probe_fit must be one of {PROBE_FITS}, got {self.probe_fit!r}")
+        if not self.slice_thickness_A > 0:
+            raise ValueError(f"slice_thickness_A must be positive, got {self.slice_thickness_A}")
+        if self.n_slices is not None and (int(self.n_slices) != self.n_slices or self.n_slices < 1):
+            raise ValueError(f"n_slices must be a positive integer or None, got {self.n_slices}")
+        if self.species is not None:
+            object.__setattr__(self, "species", tuple(str(s) for s in self.species))
+        object.__setattr__(self, "init", settings_from_dict(InitConfig, self.init))
+        object.__setattr__(self, "optim", settings_from_dict(OptimConfig, self.optim))
+        object.__setattr__(self, "adapt", settings_from_dict(AdaptConfig, self.adapt))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ReconstructConfig:
+        return settings_from_dict(cls, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return outputs.to_jsonable(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass
+class Result:
+    """What a reconstruction returns (host arrays) and where it wrote its files."""
+
+    positions_A: np.ndarray
+    widths_A2: np.ndarray
+    amplitudes: np.ndarray
+    species: np.ndarray | None
+    report: dict[str, Any]
+    params: Params
+    out_dir: pathlib.Path | None
+
+
+# ------------------------------------------------------------------------ set-up
+
+
+def make_setup(series: TiltSeries, config: ReconstructConfig) -> ImagingSetup:
+    nu, nv = series.image_shape
+    fov_A = min(nu, nv) * series.pixel_size_A
+    n_slices = config.n_slices or max(1, math.ceil(fov_A / config.slice_thickness_A))
+    return ImagingSetup(
+        (nu, nv),
+        series.pixel_size_A,
+        n_slices=n_slices if config.mode != "direct" else 1,
+        slice_thickness_A=config.slice_thickness_A,
+        max_width_A2=config.max_width_A2,
+        angle_chunk=config.angle_chunk,
+    )
+
+
+def probe_settings(series: TiltSeries, config: ReconstructConfig) -> ProbeSettings | None:
+    if config.probe:
+        return ProbeSettings.from_dict(dict(config.probe))
+    return series.probe
+
+
+def make_probe(series: TiltSeries, config: ReconstructConfig, setup: ImagingSetup):
+    if config.mode == "direct":
+        return None
+    settings = probe_settings(series, config)
+    if settings is None:
+        raise ValueError(
+            f"mode {config.mode!r} needs probe settings: the series carries none; give "
+            "config.probe, e.g. {'energy_eV': 300e3, 'semiangle_mrad': 25.0}"
+        )
+    if config.mode == "rigid":
+        return FixedProbe.from_settings(settings, setup)
+    if config.probe_fit == "pixel":
+        return PixelProbe.from_settings(settings, setup)
+    dtype = jnp.asarray(0.0).dtype
+    offsets = jnp.zeros(series.n_angles, dtype) if config.focus_per_image else None
+    return PhysicalProbe(settings, offsets)
+
+
+def calibrate_amplitudes(atoms: Atoms, observed, euler_rad, drift_A, probe, setup) -> float:
+    """The scale s minimising ||I_obs − s·I(atoms)||² (closed form)."""
+    calc = render_series(atoms, euler_rad, drift_A, probe, setup)
+    den = float(jnp.sum(calc * calc))
+    if not den > 0:
+        raise ValueError("the initial atoms render to an empty image; check the initialisation")
+    return float(jnp.sum(calc * observed)) / den
+
+
+def _capacity(n: int, current: int) -> int:
+    """Grow to the next bucket when full; shrink when less than half is used."""
+    want = adapt.bucket_capacity(max(n, 1))
+    if n > current or want < current // 2:
+        return want
+    return current
+
+
+def single_atom_peak(width_A2: float, amplitude: float, probe, setup: ImagingSetup, dtype) -> float:
+    """Peak image value of one isolated atom at the rotation centre (residual scale)."""
+    atom = Atoms.create(np.zeros((1, 3)), width_A2, amplitude, dtype=dtype)
+    probe0 = fit.batch_probe(probe, jnp.arange(1))
+    image = render_series(atom, jnp.zeros((1, 3), dtype), jnp.zeros((1, 3), dtype), probe0, setup)
+    return float(jnp.max(image))
+
+
+# ----------------------------------------------------------------------- the adapt step
+
+
+def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, rates):
+    """Merge, prune and add on the host; returns (params, opt_state, counts)."""
+    alive_slots = np.nonzero(np.asarray(params.atoms.alive))[0]
+    a = params.atoms.alive_numpy()
+    dtype = params.atoms.positions_A.dtype
+    candidates = None
+    med_h = float(np.median(a["amplitudes"])) if a["amplitudes"].size else 0.0
+    med_b = float(np.median(a["widths_A2"])) if a["widths_A2"].size else config.init.width_A2
+    if config.adapt.add and med_h > 0:
+        calc = render_series(params.atoms, euler_rad, params.drift_A, params.probe, setup)
+        resid = np.maximum(np.asarray(observed - calc), 0.0)
+        nu, nv = setup.image_shape
+        n_vox = max(1, int(min(nu, nv) * setup.pixel_size_A / config.add_voxel_size_A))
+        shape = (n_vox, n_vox, n_vox)
+        points = tomogram.volume_grid_A(shape, config.add_voxel_size_A)
+        bp = tomogram.back_project(
+            resid, euler_rad, params.drift_A, setup.pixel_size_A, jnp.asarray(points, dtype)
+        )
+        volume = np.asarray(bp).reshape(shape)
+        peak = single_atom_peak(med_b, med_h, params.probe, setup, dtype)
+        floor = 0.5 * config.adapt.add_fraction * peak
+        pos_c, val_c = tomogram.find_peaks(
+            volume, config.add_voxel_size_A, floor, config.adapt.min_distance_A
+        )
+        candidates = (pos_c, np.asarray(val_c) * (med_h / peak))
+    res = adapt.adapt_atoms(
+        a["positions_A"],
+        a["widths_A2"],
+        a["amplitudes"],
+        config.adapt,
+        candidates=candidates,
+        new_width_A2=med_b,
+        new_amplitude=med_h if med_h > 0 else None,
+    )
+    n = len(res.positions_A)
+    capacity = _capacity(n, params.atoms.capacity)
+    atoms = Atoms.create(res.positions_A, res.widths_A2, res.amplitudes, capacity, dtype=dtype)
+    new_params = eqx.tree_at(lambda p: p.atoms, params, atoms)
+    src = np.asarray(res.source)
+    slot_source = np.where(src >= 0, alive_slots[np.clip(src, 0, None)], -1) if n else src
+    opt_state = fit.resize_state(opt_state, new_params, slot_source, config.optim, rates)
+    counts = {
+        "merged": int(res.n_merged),
+        "pruned": int(res.n_pruned),
+        "added": int(res.n_added),
+        "n_atoms": n,
+        "capacity": capacity,
+    }
+    return new_params, opt_state, counts
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_JSON = "checkpoint.json"
+
+
+def save_checkpoint(folder: pathlib.Path, phase: int, params, opt_state, lr_scale, meta) -> None:
+    """Leaves to ``state_<phase>.eqx``, then the JSON that points at it (atomic commit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"state_{phase:04d}.eqx"
+    tmp = folder / (name + ".tmp")
+    eqx.tree_serialise_leaves(tmp, (params, opt_state, jnp.asarray(lr_scale)))
+    os.replace(tmp, folder / name)
+    meta = dict(meta, phase=phase, state_file=name, capacity=params.atoms.capacity)
+    outputs.write_json(folder / CHECKPOINT_JSON, meta)
+    for old in folder.glob("state_*.eqx"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(folder: pathlib.Path, template: Params, config: ReconstructConfig):
+    meta = json.loads((folder / CHECKPOINT_JSON).read_text())
+    dtype = template.atoms.positions_A.dtype
+    atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
+    params = eqx.tree_at(lambda p: p.atoms, template, atoms)
+    rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
+    like = (params, fit.init_state(params, config.optim, rates), jnp.asarray(1.0, dtype))
+    params, opt_state, lr_scale = eqx.tree_deserialise_leaves(folder / meta["state_file"], like)
+    return params, opt_state, lr_scale, rates, meta
+
+
+# ------------------------------------------------------------------------ the driver
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit", unit="step", disable=not enabled, leave=True)
+
+
+def reconstruct(
+    series: TiltSeries,
+    config: ReconstructConfig | dict | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    max_phases: int | None = None,
+) -> Result:
+    """Fit atoms to ``series``; write the run folder ``out_dir`` if given.
+
+    resume: continue from ``out_dir/checkpoint`` (same settings, same seed) — the
+    result equals an uninterrupted run. max_phases: stop after this many phases in
+    this call (e.g. to fit a cluster's time limit) and resume later; the returned
+    result then describes the atoms so far.
+    """
+    config = (
+        ReconstructConfig.from_dict(config) if not isinstance(config, ReconstructConfig) else config
+    )
+    if not isinstance(series, TiltSeries):
+        raise TypeError(f"series must be an atomjax.TiltSeries, got {type(series).__name__}")
+    t0 = time.perf_counter()
+    out = pathlib.Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint" if out is not None and config.checkpoint else None
+    if resume and (ckpt is None or not (ckpt / CHECKPOINT_JSON).is_file()):
+        raise FileNotFoundError(f"no checkpoint to resume from in {ckpt}")
+
+    dtype = jnp.asarray(0.0).dtype
+    observed_np = normalise_series(series.images)
+    observed = jnp.asarray(observed_np, dtype)
+    euler = jnp.asarray(series.euler_rad, dtype)
+    m = series.n_angles
+    setup = make_setup(series, config)
+    probe = make_probe(series, config, setup)
+    drift0 = jnp.zeros((m, 3), dtype)
+    opt = config.optim
+
+    if resume:
+        template = Params(Atoms.create(np.zeros((0, 3)), capacity=1, dtype=dtype), drift0, probe)
+        params, opt_state, lr_scale, rates, meta = load_checkpoint(ckpt, template, config)
+        history = meta["history"]
+        start = int(meta["phase"])
+        elapsed0 = float(meta.get("elapsed_s", 0.0))
+    else:
+        pos, widths, amps = init.initial_atoms(
+            observed_np, series.euler_deg, None, series.pixel_size_A, config.init, progress=progress
+        )
+        if len(pos) == 0:
+            raise ValueError(
+                "initialisation found no atoms; lower init.peak_fraction / support_fraction "
+                "or try init.method='grid'"
+            )
+        capacity = adapt.bucket_capacity(len(pos))
+        atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
+        if config.calibrate_amplitude:
+            scale = calibrate_amplitudes(atoms, observed, euler, drift0, probe, setup)
+            amps = np.asarray(amps) * max(scale, 1e-12)
+            atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
+        params = Params(atoms, drift0, probe)
+        rates = Rates.from_config(opt, float(np.median(amps)))
+        opt_state = fit.init_state(params, opt, rates)
+        lr_scale = jnp.asarray(1.0, dtype)
+        history = {"loss": [], "phases": [], "n_atoms_initial": len(pos)}
+        start = 0
+        elapsed0 = 0.0
+
+    bar = _progress(opt.n_phases * opt.steps_per_phase, progress)
+    bar.update(start * opt.steps_per_phase)
+    stop = opt.n_phases if max_phases is None else min(opt.n_phases, start + int(max_phases))
+    for phase in range(start, stop):
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase)
+        lr_mult = jnp.asarray(opt.lr_decay_per_phase**phase, dtype)
+        params, opt_state, lr_scale, losses, n_bad = fit.run_phase(
+            params,
+            opt_state,
+            jnp.asarray(lr_scale, dtype),
+            lr_mult,
+            key,
+            observed,
+            euler,
+            setup,
+            opt,
+            rates,
+            opt.steps_per_phase,
+        )
+        losses = np.asarray(losses)
+        history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
+        record = {
+            "phase": phase,
+            "loss_start": float(losses[0]),
+            "loss_end": float(losses[-1]),
+            "rejected_steps": int(n_bad),
+            "lr_scale": float(lr_scale),
+            "n_atoms": params.atoms.n_alive,
+        }
+        if config.adapt_between_phases and phase < opt.n_phases - 1:
+            params, opt_state, counts = adapt_step(
+                params, opt_state, observed, euler, setup, config, rates
+            )
+            record.update(counts)
+        history["phases"].append(record)
+        bar.update(opt.steps_per_phase)
+        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
+        if ckpt is not None:
+            meta = {
+                "history": history,
+                "rates": [list(r) for r in rates.values],
+                "elapsed_s": elapsed0 + time.perf_counter() - t0,
+                "config": config.to_dict(),
+            }
+            save_checkpoint(ckpt, phase + 1, params, opt_state, lr_scale, meta)
+    bar.close()
+    return _finish(
+        series,
+        config,
+        params,
+        observed,
+        euler,
+        setup,
+        history,
+        out,
+        figures,
+        elapsed0 + time.perf_counter() - t0,
+    )
+
+
+def _finish(series, config, params, observed, euler, setup, history, out, figures, elapsed_s):
+    calc = np.asarray(render_series(params.atoms, euler, params.drift_A, params.probe, setup))
+    obs = np.asarray(observed)
+    a = params.atoms.alive_numpy()
+    species = None
+    if config.species:
+        from .species import classify_species
+
+        species = classify_species(
+            a["amplitudes"],
+            a["widths_A2"],
+            list(config.species),
+            method=config.species_method,
+            seed=config.seed,
+        )
+    rf = metrics.r_factor_series(obs, calc)
+    report: dict[str, Any] = {
+        "settings": config.to_dict(),
+        "series": {
+            "n_angles": series.n_angles,
+            "image_shape": list(series.image_shape),
+            "pixel_size_A": series.pixel_size_A,
+            "provenance": series.provenance,
+        },
+        "imaging_setup": {
+            "n_slices": setup.n_slices,
+            "slice_thickness_A": setup.slice_thickness_A,
+            "max_width_A2": setup.max_width_A2,
+            "window_radius_px": setup.radius_px,
+        },
+        "n_atoms": len(a["positions_A"]),
+        "history": history,
+        "r_factor": {"per_image": rf.per_image, "mean": rf.mean},
+        "run_time_s": elapsed_s,
+        "probe": _probe_report(params.probe),
+        "drift_A": np.asarray(params.drift_A),
+    }
+    if series.atoms_positions_A is not None:
+        truth_species = series.atoms_species if species is not None else None
+        report["metrics"] = metrics.evaluate(
+            a["positions_A"],
+            series.atoms_positions_A,
+            found_species=species if truth_species is not None else None,
+            truth_species=truth_species,
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        outputs.write_extxyz(
+            out / "atoms.extxyz",
+            a["positions_A"],
+            a["widths_A2"],
+            a["amplitudes"],
+            species=species,
+            info={"mode": config.mode, "n_atoms": len(a["positions_A"])},
+        )
+        if figures:
+            steps = config.optim.steps_per_phase
+            idx = sorted({0, series.n_angles // 2, series.n_angles - 1})
+            labels = [_angle_label(e) for e in series.euler_deg]
+            outputs.figure_projections(out / "projections.png", obs, calc, labels, idx)
+            outputs.figure_loss(
+                out / "loss.png",
+                np.arange(len(history["loss"])),
+                np.asarray([np.nan if x is None else x for x in history["loss"]]),
+                phase_ends=list(np.cumsum([steps] * len(history["phases"]))),
+                n_atoms=np.repeat([p["n_atoms"] for p in history["phases"]], steps),
+            )
+            outputs.figure_atoms(
+                out / "atoms.png", a["positions_A"], a["amplitudes"], series.atoms_positions_A
+            )
+        report["outputs"] = {"folder": str(out)}
+        outputs.write_json(out / "report.json", report)
+    return Result(a["positions_A"], a["widths_A2"], a["amplitudes"], species, report, params, out)
+
+
+def _angle_label(euler_deg) -> str:
+    psi, theta, phi = (float(x) for x in euler_deg)
+    if abs(psi) < 1e-9 and abs(phi) < 1e-9:
+        return f"θ = {theta:+.1f}°"
+    return f"(ψ, θ, φ) = ({psi:.1f}°, {theta:.1f}°, {phi:.1f}°)"
+
+
+def _probe_report(probe) -> dict[str, Any]:
+    kind = fit.probe_kind(probe)
+    out: dict[str, Any] = {"kind": kind}
+    if isinstance(probe, PhysicalProbe):
+        out["settings"] = probe.settings.to_dict()
+        if probe.focus_offsets_A is not None:
+            out["focus_offsets_A"] = np.asarray(probe.focus_offsets_A)
+    return out
