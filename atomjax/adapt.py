@@ -70,6 +70,7 @@ class AdaptConfig:
     add: bool = True
     add_fraction: float = 0.5  # add a candidate scoring ≥ add_fraction × median H of the atoms
     max_add_fraction: float = 0.2  # add at most this fraction of the atom count (at least 1)
+    max_add_distance_A: float | None = 4.0  # ignore candidates farther from every atom (vacuum)
 
     def __post_init__(self):
         _check_positive_finite("min_distance_A", self.min_distance_A)
@@ -83,6 +84,8 @@ class AdaptConfig:
             raise ValueError(f"add must be a bool, got {self.add!r}")
         _check_nonnegative_finite("add_fraction", self.add_fraction)
         _check_fraction("max_add_fraction", self.max_add_fraction)
+        if self.max_add_distance_A is not None:
+            _check_positive_finite("max_add_distance_A", self.max_add_distance_A)
 
 
 class AdaptResult(NamedTuple):
@@ -338,11 +341,14 @@ def add_missing(
     min_distance_A,
     score_threshold,
     max_new,
+    max_distance_A=None,
 ) -> np.ndarray:
     """Positions (k, 3) of candidates to add as new atoms, strongest first.
 
-    A candidate qualifies if its score is ≥ ``score_threshold`` and no existing
-    atom is closer than ``min_distance_A``; qualifying candidates closer than that
+    A candidate qualifies if its score is ≥ ``score_threshold``, no existing atom is
+    closer than ``min_distance_A`` and (when ``max_distance_A`` is given and atoms
+    exist) some atom lies within ``max_distance_A`` — a particle is connected, and a
+    residual peak far out in the vacuum is noise, not a missing atom; qualifying candidates closer than that
     to each other are thinned by :func:`suppress_close`; at most ``max_new`` are
     returned (ties in score by lower candidate index).
     """
@@ -359,6 +365,10 @@ def add_missing(
     if existing.shape[0] and ok.any():
         dist, _ = cKDTree(existing).query(cand[ok], k=1, distance_upper_bound=d)
         ok[np.flatnonzero(ok)[dist < d]] = False
+    if max_distance_A is not None and existing.shape[0] and ok.any():
+        far = float(max_distance_A)
+        dist, _ = cKDTree(existing).query(cand[ok], k=1, distance_upper_bound=far)
+        ok[np.flatnonzero(ok)[~(dist <= far)]] = False
     idx = np.flatnonzero(ok)
     if idx.size == 0 or max_new == 0:
         return np.zeros((0, 3))
@@ -430,6 +440,7 @@ def adapt_atoms(
             config.min_distance_A,
             config.add_fraction * reference,
             max_new,
+            config.max_add_distance_A,
         )
     k = added.shape[0]
     if k:

@@ -58,6 +58,7 @@ class OptimConfig:
     lr_widths_A2: float = 0.005
     lr_amplitudes_rel: float = 0.01
     lr_drift_A: float = 0.0
+    lr_background: float = 1e-3  # per-image constant offset, in normalised intensity
     lr_probe_logits: float = 0.01  # adaptive, per-pixel probe
     lr_defocus_A: float = 2.0  # adaptive, physical probe: defocus and per-image focus
     lr_astigmatism_A: float = 1.0
@@ -108,11 +109,33 @@ def settings_from_dict(cls, d):
 
 
 class Params(eqx.Module):
-    """Everything the fit may change."""
+    """Everything the fit may change.
+
+    ``background`` (m,): a constant added to every pixel of image j — the vacuum level
+    after normalisation, which noise moves away from 0 (LOT eq. 6 subtracts the
+    minimum, and with noise the minimum lies below the vacuum). Without it the fit
+    places spurious atoms in the vacuum to raise the level.
+    """
 
     atoms: Atoms
     drift_A: jax.Array  # (m, 3)
     probe: Any = None  # None | FixedProbe | PixelProbe | PhysicalProbe
+    background: jax.Array | None = None  # (m,)
+
+    def images(self, euler_rad, setup: ImagingSetup, index=None):
+        """Model images of the views ``index`` (all when None), background included."""
+        if index is None:
+            index = jnp.arange(euler_rad.shape[0])
+        calc = render_series(
+            self.atoms,
+            euler_rad[index],
+            self.drift_A[index],
+            batch_probe(self.probe, index),
+            setup,
+        )
+        if self.background is not None:
+            calc = calc + self.background[index][:, None, None]
+        return calc
 
 
 # ------------------------------------------------------------------ parameter groups
@@ -123,6 +146,7 @@ _GROUPS = {
     "widths_A2": ("widths", "lr_widths_A2"),
     "amplitudes": ("amplitudes", "lr_amplitudes_rel"),
     "drift_A": ("drift", "lr_drift_A"),
+    "background": ("background", "lr_background"),
     "logits": ("probe_logits", "lr_probe_logits"),
     "defocus_A": ("defocus", "lr_defocus_A"),
     "focus_offsets_A": ("defocus", "lr_defocus_A"),
@@ -213,14 +237,7 @@ def batch_probe(probe, index):
 
 def objective(params: Params, observed, euler_rad, index, setup: ImagingSetup, loss: str):
     """Loss of the images ``index`` (the whole series when index covers all angles)."""
-    calc = render_series(
-        params.atoms,
-        euler_rad[index],
-        params.drift_A[index],
-        batch_probe(params.probe, index),
-        setup,
-    )
-    return LOSSES[loss](observed[index], calc)
+    return LOSSES[loss](observed[index], params.images(euler_rad, setup, index))
 
 
 @eqx.filter_jit

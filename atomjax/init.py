@@ -206,12 +206,16 @@ def initial_positions(
     top = float(volume.max())
     if not top > 0:
         raise ValueError("the tomogram is zero everywhere: the images carry no signal")
+    mask = support_mask(volume, voxel, config.support_fraction)
     if config.method == "peaks":
         positions, _ = tomo.find_peaks(
             volume, voxel, config.peak_fraction * top, config.min_distance_A, refine=True
         )
-        return positions
-    mask = support_mask(volume, voxel, config.support_fraction)
+        # noise peaks in the vacuum lie outside the support: keep peaks inside it
+        idx, inside = _voxel_index(positions, mask.shape, voxel)
+        keep = inside.copy()
+        keep[inside] = mask[tuple(idx[inside].T)]
+        return positions[keep]
     grid = _grid_points(mask, voxel, config.d_est_A)
     if config.method == "grid":
         return grid

@@ -64,6 +64,7 @@ class ReconstructConfig:
     max_width_A2: float = 1.5
     angle_chunk: int = 8
     calibrate_amplitude: bool = True
+    fit_background: bool = True
     adapt_between_phases: bool = True
     add_voxel_size_A: float = 0.5
     species: tuple[str, ...] | None = None
@@ -151,6 +152,15 @@ def make_probe(series: TiltSeries, config: ReconstructConfig, setup: ImagingSetu
     return PhysicalProbe(settings, offsets)
 
 
+def estimate_background(images: np.ndarray, border_fraction: float = 0.06) -> np.ndarray:
+    """Vacuum level per image: the median of a frame of border pixels (m,)."""
+    m, nu, nv = images.shape
+    b = max(2, int(round(border_fraction * min(nu, nv))))
+    frame = np.ones((nu, nv), bool)
+    frame[b:-b, b:-b] = False
+    return np.median(images[:, frame], axis=1)
+
+
 def calibrate_amplitudes(atoms: Atoms, observed, euler_rad, drift_A, probe, setup) -> float:
     """The scale s minimising ||I_obs − s·I(atoms)||² (closed form)."""
     calc = render_series(atoms, euler_rad, drift_A, probe, setup)
@@ -188,8 +198,7 @@ def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, ra
     med_h = float(np.median(a["amplitudes"])) if a["amplitudes"].size else 0.0
     med_b = float(np.median(a["widths_A2"])) if a["widths_A2"].size else config.init.width_A2
     if config.adapt.add and med_h > 0:
-        calc = render_series(params.atoms, euler_rad, params.drift_A, params.probe, setup)
-        resid = np.maximum(np.asarray(observed - calc), 0.0)
+        resid = np.maximum(np.asarray(observed - params.images(euler_rad, setup)), 0.0)
         nu, nv = setup.image_shape
         n_vox = max(1, int(min(nu, nv) * setup.pixel_size_A / config.add_voxel_size_A))
         shape = (n_vox, n_vox, n_vox)
@@ -304,17 +313,24 @@ def reconstruct(
     setup = make_setup(series, config)
     probe = make_probe(series, config, setup)
     drift0 = jnp.zeros((m, 3), dtype)
+    background = estimate_background(observed_np)
     opt = config.optim
 
     if resume:
-        template = Params(Atoms.create(np.zeros((0, 3)), capacity=1, dtype=dtype), drift0, probe)
+        template = Params(
+            Atoms.create(np.zeros((0, 3)), capacity=1, dtype=dtype),
+            drift0,
+            probe,
+            jnp.asarray(background, dtype) if config.fit_background else None,
+        )
         params, opt_state, lr_scale, rates, meta = load_checkpoint(ckpt, template, config)
         history = meta["history"]
         start = int(meta["phase"])
         elapsed0 = float(meta.get("elapsed_s", 0.0))
     else:
+        signal = observed_np - background[:, None, None]
         pos, widths, amps = init.initial_atoms(
-            observed_np, series.euler_deg, None, series.pixel_size_A, config.init, progress=progress
+            signal, series.euler_deg, None, series.pixel_size_A, config.init, progress=progress
         )
         if len(pos) == 0:
             raise ValueError(
@@ -324,10 +340,13 @@ def reconstruct(
         capacity = adapt.bucket_capacity(len(pos))
         atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
         if config.calibrate_amplitude:
-            scale = calibrate_amplitudes(atoms, observed, euler, drift0, probe, setup)
+            scale = calibrate_amplitudes(
+                atoms, jnp.asarray(signal, dtype), euler, drift0, probe, setup
+            )
             amps = np.asarray(amps) * max(scale, 1e-12)
             atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
-        params = Params(atoms, drift0, probe)
+        bg = jnp.asarray(background, dtype) if config.fit_background else None
+        params = Params(atoms, drift0, probe, bg)
         rates = Rates.from_config(opt, float(np.median(amps)))
         opt_state = fit.init_state(params, opt, rates)
         lr_scale = jnp.asarray(1.0, dtype)
@@ -396,7 +415,7 @@ def reconstruct(
 
 
 def _finish(series, config, params, observed, euler, setup, history, out, figures, elapsed_s):
-    calc = np.asarray(render_series(params.atoms, euler, params.drift_A, params.probe, setup))
+    calc = np.asarray(params.images(euler, setup))
     obs = np.asarray(observed)
     a = params.atoms.alive_numpy()
     species = None
@@ -431,6 +450,7 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
         "run_time_s": elapsed_s,
         "probe": _probe_report(params.probe),
         "drift_A": np.asarray(params.drift_A),
+        "background": None if params.background is None else np.asarray(params.background),
     }
     if series.atoms_positions_A is not None:
         truth_species = series.atoms_species if species is not None else None

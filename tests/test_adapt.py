@@ -287,11 +287,14 @@ def test_adapt_atoms_max_add_fraction():
     pos = grid(2, 3.0)  # 8 atoms
     cand = np.array([[20.0 + 5 * k, 0, 0] for k in range(10)])
     scores = np.arange(10.0) + 1
-    cfg = AdaptConfig(max_add_fraction=0.25)
+    cfg = AdaptConfig(max_add_fraction=0.25, max_add_distance_A=None)
     res = adapt_atoms(pos, np.full(8, 0.5), np.ones(8), cfg, candidates=(cand, scores))
     assert res.n_added == 2
     np.testing.assert_array_equal(res.positions_A[8:], cand[[9, 8]])
-    cfg = AdaptConfig(max_add_fraction=0.0)  # still at least one
+    # far out in the vacuum (> max_add_distance_A from every atom): nothing is added
+    res = adapt_atoms(pos, np.full(8, 0.5), np.ones(8), AdaptConfig(), candidates=(cand, scores))
+    assert res.n_added == 0
+    cfg = AdaptConfig(max_add_fraction=0.0, max_add_distance_A=None)  # still at least one
     res = adapt_atoms(pos, np.full(8, 0.5), np.ones(8), cfg, candidates=(cand, scores))
     assert res.n_added == 1
     res = adapt_atoms(
@@ -421,3 +424,14 @@ def test_bad_inputs_raise():
 def test_config_validation(kwargs, name):
     with pytest.raises(ValueError, match=name):
         AdaptConfig(**kwargs)
+
+
+def test_add_missing_ignores_candidates_in_the_vacuum():
+    existing = np.array([[0.0, 0, 0], [2.8, 0, 0]])
+    cand = np.array([[5.6, 0, 0], [12.0, 0, 0]])  # a neighbour site, and one far away
+    out = add_missing(existing, cand, np.array([1.0, 5.0]), 1.8, 0.5, 10, max_distance_A=4.0)
+    np.testing.assert_array_equal(out, cand[:1])
+    out = add_missing(existing, cand, np.array([1.0, 5.0]), 1.8, 0.5, 10)
+    assert len(out) == 2
+    with pytest.raises(ValueError, match="max_add_distance_A"):
+        AdaptConfig(max_add_distance_A=-1.0)

@@ -211,3 +211,15 @@ def test_config_validation():
         fit.OptimConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="steps_per_phase"):
         fit.OptimConfig(steps_per_phase=0)
+
+
+def test_background_level_is_fitted():
+    truth, observed, params = _problem(noise_A=0.0)
+    level = np.array([0.05, 0.1, 0.0, 0.2, 0.07, 0.12])
+    shifted = observed + jnp.asarray(level)[:, None, None]
+    params = fit.Params(params.atoms, params.drift_A, None, jnp.zeros(6))
+    config = fit.OptimConfig(steps_per_phase=300, lr_background=5e-3)
+    rates = fit.Rates.from_config(config, 0.25)
+    state = fit.init_state(params, config, rates)
+    new, *_ = _phase(params, state, config, rates, shifted)
+    np.testing.assert_allclose(np.asarray(new.background), level, atol=2e-3)

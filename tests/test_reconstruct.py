@@ -73,3 +73,16 @@ def test_bad_requests_raise_clearly(series, tmp_path):
         reconstruct(no_probe, ReconstructConfig(mode="rigid", **FAST), progress=False)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         reconstruct(series, ReconstructConfig(**FAST), out_dir=tmp_path, resume=True)
+
+
+def test_noisy_series_gives_no_atoms_in_the_vacuum(tmp_path):
+    """With noise the normalised vacuum sits above 0; the fitted background absorbs it."""
+    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 5.5), seed=2)
+    noisy = simulate.simulate_fast(
+        particle, np.linspace(-60, 60, 9), pixel_size_A=0.35, margin_A=3.0,
+        noise_std_rel=0.05, seed=2, progress=False,
+    )  # fmt: skip
+    result = reconstruct(noisy, ReconstructConfig(**FAST), progress=False)
+    m = result.report["metrics"]
+    assert m["tp_rate"] == 1.0 and m["fp_rate"] == 0.0, m
+    assert min(result.report["background"]) > 0.01  # the vacuum level was not zero
