@@ -348,9 +348,10 @@ def add_missing(
     A candidate qualifies if its score is ≥ ``score_threshold``, no existing atom is
     closer than ``min_distance_A`` and (when ``max_distance_A`` is given and atoms
     exist) some atom lies within ``max_distance_A`` — a particle is connected, and a
-    residual peak far out in the vacuum is noise, not a missing atom; qualifying candidates closer than that
-    to each other are thinned by :func:`suppress_close`; at most ``max_new`` are
-    returned (ties in score by lower candidate index).
+    residual peak far out in the vacuum is noise, not a missing atom. Qualifying
+    candidates closer than ``min_distance_A`` to each other are thinned by
+    :func:`suppress_close`; at most ``max_new`` are returned (ties in score by lower
+    candidate index).
     """
     existing = _positions("existing_positions_A", existing_positions_A)
     cand = _positions("candidate_positions_A", candidate_positions_A)
