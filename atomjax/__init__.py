@@ -4,11 +4,15 @@ The public face. Conventions (Euler order, axes, units) are written down once, i
 :mod:`atomjax.geometry`; probe conventions follow abTEM (:mod:`atomjax.probe`).
 """
 
+from .adapt import AdaptConfig
 from .atoms import Atoms
 from .data import TiltSeries, normalise_series
+from .fit import OptimConfig
 from .geometry import euler_from_tilts_deg, rotation_matrix, to_image_frame
+from .init import InitConfig
 from .loss import get_loss, l1, mse, r_factor
 from .probe import ProbeSettings, probe_intensity_stack
+from .reconstruct import ReconstructConfig, Result, reconstruct
 from .render import (
     MODES,
     FixedProbe,
@@ -25,7 +29,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODES",
+    "AdaptConfig",
     "Atoms",
+    "InitConfig",
+    "OptimConfig",
+    "ReconstructConfig",
+    "Result",
+    "reconstruct",
     "FixedProbe",
     "ImagingSetup",
     "PhysicalProbe",

@@ -67,7 +67,9 @@ def main(argv=None) -> None:
     p.add_argument("--pixel-size-A", type=float, default=0.25)
     p.add_argument("--dose-e-per-A2", type=float, default=0.0, help="0: no Poisson noise")
     p.add_argument("--noise-std-rel", type=float, default=0.0)
-    p.add_argument("--modes", default="direct")
+    p.add_argument(
+        "--modes", default="direct", help="direct,rigid,adaptive,adaptive-physical (comma list)"
+    )
     p.add_argument("--inits", default="peaks")
     p.add_argument("--merge", default="sum", help="amplitude rules to compare: sum,mean")
     p.add_argument("--phases", type=int, default=6)
@@ -82,9 +84,12 @@ def main(argv=None) -> None:
           f"{len(series.atoms_positions_A)} atoms")  # fmt: skip
     rows = []
     combos = itertools.product(args.modes.split(","), args.inits.split(","), args.merge.split(","))
-    for mode, init_method, rule in combos:
+    for mode_name, init_method, rule in combos:
+        # "adaptive-physical": adaptive mode fitting the aberrations and a focus per image
+        mode, _, probe_fit = mode_name.partition("-")
         config = ReconstructConfig(
             mode=mode,
+            probe_fit=probe_fit or "pixel",
             probe=PROBE if series.probe is None else None,
             seed=args.seed,
             init={"method": init_method},
@@ -100,7 +105,7 @@ def main(argv=None) -> None:
         wall = time.perf_counter() - t0
         m = result.report["metrics"]
         row = {
-            "mode": mode,
+            "mode": mode_name,
             "init": init_method,
             "merge": rule,
             "n_truth": m["n_truth"],
@@ -116,7 +121,7 @@ def main(argv=None) -> None:
         }
         rows.append(row)
         print(
-            f"{mode:9s} {init_method:7s} {rule:5s} found {m['n_found']:4d}/{m['n_truth']:4d} "
+            f"{mode_name:17s} {init_method:7s} {rule:5s} found {m['n_found']:4d}/{m['n_truth']:4d} "
             f"TP {m['tp_rate']:.3f} FP {m['fp_rate']:.3f} "
             f"RMSD {m['rmsd_pm'] or float('nan'):6.2f} pm "
             f"R {row['r_factor']:.4f} {wall:6.1f} s",
