@@ -228,7 +228,18 @@ def _project(diff, config: OptimConfig, setup: ImagingSetup):
     atoms = diff.atoms
     widths = jnp.clip(atoms.widths_A2, config.width_min_A2, setup.max_width_A2)
     amps = jnp.maximum(atoms.amplitudes, 0.0)
-    return eqx.tree_at(lambda d: (d.atoms.widths_A2, d.atoms.amplitudes), diff, (widths, amps))
+    diff = eqx.tree_at(lambda d: (d.atoms.widths_A2, d.atoms.amplitudes), diff, (widths, amps))
+    probe = diff.probe
+    if isinstance(probe, PhysicalProbe) and probe.focus_offsets_A is not None:
+        # the mean per-image offset and the global defocus are one parameter: keep the
+        # offsets at zero mean and the common part in the defocus (same model exactly)
+        mean = jnp.mean(probe.focus_offsets_A)
+        diff = eqx.tree_at(
+            lambda d: (d.probe.settings.defocus_A, d.probe.focus_offsets_A),
+            diff,
+            (probe.settings.defocus_A + mean, probe.focus_offsets_A - mean),
+        )
+    return diff
 
 
 def batch_probe(probe, index):

@@ -198,6 +198,7 @@ def test_physical_probe_fits_a_focus_change():
         observed, EULER, setup, config, rates, 60,
     )  # fmt: skip
     focus = float(new.probe.settings.defocus_A) + np.asarray(new.probe.focus_offsets_A)
+    assert abs(float(np.mean(np.asarray(new.probe.focus_offsets_A)))) < 1e-9  # zero mean
     assert losses[-1] < 0.05 * losses[0]
     np.testing.assert_allclose(focus, 30.0, atol=3.0)
 
