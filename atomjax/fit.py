@@ -333,10 +333,6 @@ def resize_state(opt_state, new_params: Params, source: np.ndarray, config, rate
     return jax.tree_util.tree_map_with_path(edit, template, opt_state)
 
 
-def atoms_from_arrays(positions_A, widths_A2, amplitudes, capacity: int, dtype) -> Atoms:
-    return Atoms.create(positions_A, widths_A2, amplitudes, capacity=capacity, dtype=dtype)
-
-
 def probe_kind(probe) -> str:
     for cls, name in ((FixedProbe, "fixed"), (PixelProbe, "pixel"), (PhysicalProbe, "physical")):
         if isinstance(probe, cls):

@@ -420,7 +420,7 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
     a = params.atoms.alive_numpy()
     species = None
     if config.species:
-        from .species import classify_species
+        from .species import classify_species, species_summary
 
         species = classify_species(
             a["amplitudes"],
@@ -452,6 +452,8 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
         "drift_A": np.asarray(params.drift_A),
         "background": None if params.background is None else np.asarray(params.background),
     }
+    if species is not None:
+        report["species"] = species_summary(species, a["amplitudes"], a["widths_A2"])
     if series.atoms_positions_A is not None:
         truth_species = series.atoms_species if species is not None else None
         report["metrics"] = metrics.evaluate(

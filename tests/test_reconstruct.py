@@ -86,3 +86,11 @@ def test_noisy_series_gives_no_atoms_in_the_vacuum(tmp_path):
     m = result.report["metrics"]
     assert m["tp_rate"] == 1.0 and m["fp_rate"] == 0.0, m
     assert min(result.report["background"]) > 0.01  # the vacuum level was not zero
+
+
+def test_species_are_classified_and_reported(series):
+    config = ReconstructConfig(species=("Au",), **FAST)
+    result = reconstruct(series, config, progress=False, figures=False)
+    assert set(result.species) == {"Au"} and len(result.species) == len(result.positions_A)
+    assert result.report["species"]["Au"]["count"] == len(result.positions_A)
+    assert result.report["metrics"]["confusion"] is not None
