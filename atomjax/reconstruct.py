@@ -258,6 +258,35 @@ def save_checkpoint(folder: pathlib.Path, phase: int, params, opt_state, lr_scal
             old.unlink()
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resumable(meta: dict, config: ReconstructConfig, series_info: dict) -> None:
+    """Resuming needs the same series and settings (only ``optim.n_phases`` may grow)."""
+    if meta.get("series") != series_info:
+        raise ValueError(
+            f"the checkpoint was written for a series {meta.get('series')}, not this one "
+            f"{series_info}; resume with the same tilt series"
+        )
+    saved, now = _flat(meta["config"]), _flat(config.to_dict())
+    changed = sorted(
+        k for k in set(saved) | set(now) if k != "optim.n_phases" and saved.get(k) != now.get(k)
+    )
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"the settings differ from the checkpoint's ({detail}); resume with the same "
+            "settings (only optim.n_phases may change) or start a new run folder"
+        )
+
+
 def load_checkpoint(folder: pathlib.Path, template: Params, config: ReconstructConfig):
     meta = json.loads((folder / CHECKPOINT_JSON).read_text())
     dtype = template.atoms.positions_A.dtype
@@ -294,9 +323,7 @@ def reconstruct(
     this call (e.g. to fit a cluster's time limit) and resume later; the returned
     result then describes the atoms so far.
     """
-    config = (
-        ReconstructConfig.from_dict(config) if not isinstance(config, ReconstructConfig) else config
-    )
+    config = ReconstructConfig.from_dict(config)
     if not isinstance(series, TiltSeries):
         raise TypeError(f"series must be an atomjax.TiltSeries, got {type(series).__name__}")
     t0 = time.perf_counter()
@@ -322,6 +349,9 @@ def reconstruct(
             drift0,
             probe,
             jnp.asarray(background, dtype) if config.fit_background else None,
+        )
+        _check_resumable(
+            json.loads((ckpt / CHECKPOINT_JSON).read_text()), config, _series_info(series)
         )
         params, opt_state, lr_scale, rates, meta = load_checkpoint(ckpt, template, config)
         history = meta["history"]
@@ -397,6 +427,7 @@ def reconstruct(
                 "rates": [list(r) for r in rates.values],
                 "elapsed_s": elapsed0 + time.perf_counter() - t0,
                 "config": config.to_dict(),
+                "series": _series_info(series),
             }
             save_checkpoint(ckpt, phase + 1, params, opt_state, lr_scale, meta)
     bar.close()
@@ -432,12 +463,7 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
     rf = metrics.r_factor_series(obs, calc)
     report: dict[str, Any] = {
         "settings": config.to_dict(),
-        "series": {
-            "n_angles": series.n_angles,
-            "image_shape": list(series.image_shape),
-            "pixel_size_A": series.pixel_size_A,
-            "provenance": series.provenance,
-        },
+        "series": {**_series_info(series), "provenance": series.provenance},
         "imaging_setup": {
             "n_slices": setup.n_slices,
             "slice_thickness_A": setup.slice_thickness_A,
@@ -490,6 +516,14 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
         report["outputs"] = {"folder": str(out)}
         outputs.write_json(out / "report.json", report)
     return Result(a["positions_A"], a["widths_A2"], a["amplitudes"], species, report, params, out)
+
+
+def _series_info(series: TiltSeries) -> dict:
+    return {
+        "n_angles": series.n_angles,
+        "image_shape": list(series.image_shape),
+        "pixel_size_A": float(series.pixel_size_A),
+    }
 
 
 def _angle_label(euler_deg) -> str:

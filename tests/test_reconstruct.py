@@ -94,3 +94,22 @@ def test_species_are_classified_and_reported(series):
     assert set(result.species) == {"Au"} and len(result.species) == len(result.positions_A)
     assert result.report["species"]["Au"]["count"] == len(result.positions_A)
     assert result.report["metrics"]["confusion"] is not None
+
+
+def test_resume_refuses_other_settings_or_another_series(series, tmp_path):
+    config = ReconstructConfig(**FAST)
+    reconstruct(series, config, out_dir=tmp_path, progress=False, figures=False, max_phases=1)
+    other = ReconstructConfig(
+        mode="direct", init=FAST["init"], optim={**FAST["optim"], "loss": "l1"}
+    )
+    with pytest.raises(ValueError, match="optim.loss"):
+        reconstruct(series, other, out_dir=tmp_path, resume=True, progress=False)
+    drift = None if series.drift_A is None else series.drift_A[:5]
+    fewer = series.replace(images=series.images[:5], euler_deg=series.euler_deg[:5], drift_A=drift)
+    with pytest.raises(ValueError, match="same tilt series"):
+        reconstruct(fewer, config, out_dir=tmp_path, resume=True, progress=False)
+    # more phases is allowed
+    longer = ReconstructConfig(init=FAST["init"], optim={**FAST["optim"], "n_phases": 4})
+    result = reconstruct(series, longer, out_dir=tmp_path, resume=True, progress=False,
+                         figures=False)  # fmt: skip
+    assert len(result.report["history"]["phases"]) == 4
