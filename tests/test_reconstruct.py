@@ -113,3 +113,41 @@ def test_resume_refuses_other_settings_or_another_series(series, tmp_path):
     result = reconstruct(series, longer, out_dir=tmp_path, resume=True, progress=False,
                          figures=False)  # fmt: skip
     assert len(result.report["history"]["phases"]) == 4
+
+
+@pytest.mark.parametrize("mode", ["direct", "rigid"])
+def test_adapt_step_adds_the_missing_atom_from_the_residual(mode):
+    """The residual's back-projection, scaled by one atom's image peak, finds a gap."""
+    import jax.numpy as jnp
+
+    from atomjax import fit
+    from atomjax.atoms import Atoms
+    from atomjax.data import TiltSeries
+    from atomjax.geometry import euler_from_tilts_deg
+    from atomjax.probe import ProbeSettings
+    from atomjax.reconstruct import adapt_step as step
+    from atomjax.reconstruct import make_probe, make_setup
+    from atomjax.render import render_tilt_series
+
+    truth = structures.fcc_sphere("Au", 4.5).get_positions()
+    euler_deg = euler_from_tilts_deg(np.linspace(-60, 60, 9))
+    shell = TiltSeries(np.zeros((9, 56, 56)), euler_deg, 0.35, probe=ProbeSettings())
+    config = ReconstructConfig(mode=mode, n_slices=4, slice_thickness_A=4.0)
+    setup = make_setup(shell, config)
+    probe = make_probe(shell, config, setup)
+    observed = render_tilt_series(Atoms.create(truth, 0.6, 0.3), euler_deg, setup, probe)
+    missing = 3
+    kept = np.delete(truth, missing, axis=0)
+    params = fit.Params(Atoms.create(kept, 0.6, 0.3, capacity=64), jnp.zeros((9, 3)), probe)
+    rates = fit.Rates.from_config(config.optim, 0.3)
+    state = fit.init_state(params, config.optim, rates)
+    euler = jnp.asarray(np.deg2rad(euler_deg))
+    new, state, counts = step(params, state, observed, euler, setup, config, rates)
+    assert counts["added"] == 1 and counts["merged"] == 0 and counts["pruned"] == 0, counts
+    added = new.atoms.alive_numpy()["positions_A"][-1]
+    assert np.linalg.norm(added - truth[missing]) < 0.5
+    # with nothing missing, nothing is added
+    full = fit.Params(Atoms.create(truth, 0.6, 0.3, capacity=64), jnp.zeros((9, 3)), probe)
+    _, _, counts = step(full, fit.init_state(full, config.optim, rates), observed, euler, setup,
+                        config, rates)  # fmt: skip
+    assert counts["added"] == 0, counts
