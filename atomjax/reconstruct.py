@@ -287,8 +287,9 @@ def _check_resumable(meta: dict, config: ReconstructConfig, series_info: dict) -
         )
 
 
-def load_checkpoint(folder: pathlib.Path, template: Params, config: ReconstructConfig):
+def load_checkpoint(folder: pathlib.Path, template: Params, config, series_info: dict):
     meta = json.loads((folder / CHECKPOINT_JSON).read_text())
+    _check_resumable(meta, config, series_info)
     dtype = template.atoms.positions_A.dtype
     atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
     params = eqx.tree_at(lambda p: p.atoms, template, atoms)
@@ -350,10 +351,9 @@ def reconstruct(
             probe,
             jnp.asarray(background, dtype) if config.fit_background else None,
         )
-        _check_resumable(
-            json.loads((ckpt / CHECKPOINT_JSON).read_text()), config, _series_info(series)
+        params, opt_state, lr_scale, rates, meta = load_checkpoint(
+            ckpt, template, config, _series_info(series)
         )
-        params, opt_state, lr_scale, rates, meta = load_checkpoint(ckpt, template, config)
         history = meta["history"]
         start = int(meta["phase"])
         elapsed0 = float(meta.get("elapsed_s", 0.0))
