@@ -22,11 +22,8 @@ Everything is vectorised (KD-trees, sparse graphs); 200,000 atoms take a few sec
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import pathlib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -537,6 +534,8 @@ def _read_text_atoms(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]
 def read_atoms(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions (n, 3) in Å and species (n,) strings or None, from an atom file.
 
+    Species are None when the file has none, or only ase's dummy symbol "X".
+
     .txt/.dat/.csv: whitespace columns ``x y z`` or ``type x y z``; text after ``%`` or
     ``#`` is a comment (the aSi ``ground_truth.txt`` format). Anything else goes through
     ``ase.io.read`` (extxyz, xyz, cif, ...), falling back to the text reader.
@@ -557,9 +556,10 @@ def read_atoms(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]
             raise ValueError(
                 f"cannot read {p}: ase.io.read failed ({ase_err}); as text: {txt_err}"
             ) from None
-    return np.asarray(atoms.get_positions(), dtype=np.float64), np.asarray(
-        atoms.get_chemical_symbols(), dtype=str
-    )
+    symbols = np.asarray(atoms.get_chemical_symbols(), dtype=str)
+    # "X" is ase's dummy element: atoms written without a species (unclassified)
+    species = None if symbols.size and np.all(symbols == "X") else symbols
+    return np.asarray(atoms.get_positions(), dtype=np.float64), species
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -591,46 +591,3 @@ def format_table(result: dict[str, Any]) -> str:
         c = r["confusion"]
         lines.append(f"species accuracy       {_fmt(c['accuracy'], '.4f')}  labels {c['labels']}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``atomjax-evaluate FOUND TRUTH [--cutoff-A 0.75] [--remove-offset] [--json out]``."""
-    ap = argparse.ArgumentParser(
-        prog="atomjax-evaluate",
-        description="Score found atom positions against ground truth (Å in, pm out).",
-    )
-    ap.add_argument("found", help="found atoms (extxyz/xyz/any ase format, or text columns)")
-    ap.add_argument("truth", help="true atoms (same formats)")
-    ap.add_argument("--cutoff-A", type=float, default=0.75, help="match cut-off in Å")
-    ap.add_argument("--aet-cutoff-A", type=float, default=0.9, help="AET score cut-off in Å")
-    ap.add_argument("--remove-offset", action="store_true", help="remove mean offset")
-    ap.add_argument("--json", metavar="PATH", help="write JSON here ('-' for stdout)")
-    args = ap.parse_args(argv)
-    try:
-        fpos, fsp = read_atoms(args.found)
-        tpos, tsp = read_atoms(args.truth)
-        both = fsp is not None and tsp is not None
-        result = evaluate(
-            fpos,
-            tpos,
-            found_species=fsp if both else None,
-            truth_species=tsp if both else None,
-            cutoff_A=args.cutoff_A,
-            remove_offset=args.remove_offset,
-            aet_cutoff_A=args.aet_cutoff_A,
-        )
-    except (OSError, ValueError) as e:
-        print(f"atomjax-evaluate: error: {e}", file=sys.stderr)
-        return 2
-    text = json.dumps(result, indent=2)
-    table_stream = sys.stderr if args.json == "-" else sys.stdout
-    print(format_table(result), file=table_stream)
-    if args.json == "-":
-        print(text)
-    elif args.json:
-        pathlib.Path(args.json).write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -42,7 +42,6 @@ Drift: per image, (u, v, w) drawn from N(0, drift_std_A²) per component (a scal
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -62,7 +61,6 @@ __all__ = [
     "max_detector_angle_mrad",
     "simulate_fast",
     "simulate_haadf",
-    "main",
 ]
 
 #: Named tilt schemes (start_deg, stop_deg, step_deg), stop included.
@@ -581,114 +579,3 @@ def simulate_haadf(
         atoms_species=symbols,
         provenance=provenance,
     )
-
-
-# --------------------------------------------------------------------------- CLI
-
-_PARTICLES = ("fcc", "decahedron", "amorphous", "alloy", "fept")
-
-
-def _build_particle(kind: str, element: str | None, size_A: float, seed: int, off_zone: bool):
-    from . import structures
-
-    if kind == "fcc":
-        atoms = structures.fcc_sphere(element or "Au", radius_A=size_A)
-    elif kind == "decahedron":
-        atoms = structures.decahedron(element or "Pt", diameter_A=2 * size_A)
-    elif kind == "amorphous":
-        return structures.amorphous(element or "Si", radius_A=size_A, seed=seed)
-    elif kind == "alloy":
-        elements = tuple(element.split(",")) if element else ("Ni", "Pd", "Pt")
-        atoms = structures.alloy(elements, radius_A=size_A, seed=seed)
-    elif kind == "fept":
-        atoms = structures.fept_sphere(radius_A=size_A, seed=seed)
-    else:
-        raise ValueError(f"unknown particle {kind!r}; known: {_PARTICLES}")
-    return structures.rotate_off_zone_axes(atoms, seed=seed) if off_zone else atoms
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``atomjax-simulate``: build a test particle, simulate a tilt series, save it."""
-    parser = argparse.ArgumentParser(
-        prog="atomjax-simulate",
-        description="Simulate a HAADF-STEM tilt series of a test nanoparticle with abTEM.",
-    )
-    parser.add_argument("output", help="output path (written by atomjax.io.save_tilt_series)")
-    parser.add_argument("--particle", choices=_PARTICLES, default="fcc")
-    parser.add_argument(
-        "--element", default=None, help="element (alloy: comma-separated list, e.g. Ni,Pd,Pt)"
-    )
-    parser.add_argument("--radius-A", type=float, default=8.0, help="particle radius in Å")
-    parser.add_argument("--mode", choices=("fast", "physical"), default="fast")
-    parser.add_argument(
-        "--tilts",
-        default="quick",
-        help=f"preset {sorted(TILT_PRESETS)} or start:stop:step in degrees",
-    )
-    parser.add_argument(
-        "--pixel-size-A",
-        type=float,
-        default=None,
-        help="pixel size in Å (default 0.25 fast, 0.5 physical)",
-    )
-    parser.add_argument("--dose", type=float, default=None, help="dose in e/Å² (Poisson noise)")
-    parser.add_argument(
-        "--noise-std-rel",
-        type=float,
-        default=0.0,
-        help="Gaussian noise std relative to the series maximum",
-    )
-    parser.add_argument("--drift-std-A", type=float, default=0.0)
-    parser.add_argument("--method", choices=("prism", "multislice"), default="prism")
-    parser.add_argument("--potential-sampling-A", type=float, default=0.1)
-    parser.add_argument(
-        "--no-off-zone",
-        action="store_true",
-        help="keep the crystal axes along x, y, z (default: rotate off zone axes)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    from .io import save_tilt_series
-
-    try:
-        tilts = parse_tilts(args.tilts)
-        atoms = _build_particle(
-            args.particle, args.element, args.radius_A, args.seed, not args.no_off_zone
-        )
-        common = dict(
-            dose_e_per_A2=args.dose,
-            noise_std_rel=args.noise_std_rel,
-            drift_std_A=args.drift_std_A,
-            seed=args.seed,
-        )
-        if args.mode == "fast":
-            series = simulate_fast(atoms, tilts, pixel_size_A=args.pixel_size_A or 0.25, **common)
-        else:
-            series = simulate_haadf(
-                atoms,
-                tilts,
-                scan_pixel_size_A=args.pixel_size_A or 0.5,
-                method=args.method,
-                potential_sampling_A=args.potential_sampling_A,
-                **common,
-            )
-    except ValueError as err:
-        parser.error(str(err))
-    series = series.replace(
-        provenance={
-            **series.provenance,
-            "particle": args.particle,
-            "radius_A": args.radius_A,
-            "tilts": args.tilts,
-        }
-    )
-    save_tilt_series(series, args.output)
-    print(
-        f"{len(atoms)} atoms, {series.n_angles} images {series.image_shape}, "
-        f"{series.provenance['seconds_per_angle']:.2f} s/angle → {args.output}"
-    )
-
-
-if __name__ == "__main__":
-    main()

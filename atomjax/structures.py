@@ -20,6 +20,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 __all__ = [
+    "PARTICLES",
+    "build_particle",
     "fcc_sphere",
     "decahedron",
     "amorphous",
@@ -325,3 +327,39 @@ def rotate_off_zone_axes(
     out = _rotate(atoms, rots[best])
     out.info["zone_axis_margin_deg"] = float(margin_deg[best])
     return out
+
+
+#: Particle kinds that :func:`build_particle` knows.
+PARTICLES = ("fcc", "decahedron", "amorphous", "alloy", "fept")
+
+
+def build_particle(
+    kind: str = "fcc",
+    element: str | Sequence[str] | None = None,
+    size_A: float = 8.0,
+    seed: int = 0,
+    off_zone: bool = True,
+) -> ase.Atoms:
+    """One of the test particles by name, for command-line apps and configs.
+
+    kind: "fcc" (sphere of radius ``size_A``), "decahedron" (diameter 2 · ``size_A``),
+    "amorphous", "alloy" (``element`` a list or comma-separated names, default Ni, Pd,
+    Pt), "fept". element: default Au (fcc), Pt (decahedron), Si (amorphous).
+    off_zone: turn crystalline particles off low-index zone axes
+    (:func:`rotate_off_zone_axes`); amorphous ones are left as built.
+    """
+    if isinstance(element, str) and "," in element:
+        element = [e.strip() for e in element.split(",")]
+    if kind == "fcc":
+        atoms = fcc_sphere(element or "Au", radius_A=size_A)
+    elif kind == "decahedron":
+        atoms = decahedron(element or "Pt", diameter_A=2 * size_A)
+    elif kind == "amorphous":
+        return amorphous(element or "Si", radius_A=size_A, seed=seed)
+    elif kind == "alloy":
+        atoms = alloy(tuple(element) if element else ("Ni", "Pd", "Pt"), radius_A=size_A, seed=seed)
+    elif kind == "fept":
+        atoms = fept_sphere(radius_A=size_A, seed=seed)
+    else:
+        raise ValueError(f"unknown particle kind {kind!r}; known: {PARTICLES}")
+    return rotate_off_zone_axes(atoms, seed=seed) if off_zone else atoms

@@ -10,7 +10,6 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from atomjax import metrics
 from atomjax.metrics import (
     aet_score,
     deviation_distribution,
@@ -344,21 +343,20 @@ def test_read_atoms_formats(tmp_path, truth):
         read_atoms(tmp_path / "missing.xyz")
 
 
-def test_cli_writes_json(tmp_path, truth, capsys):
+def test_evaluate_app_writes_json(tmp_path, truth, capsys):
+    from atomjax.apps import evaluate_task
+
+    def settings(found, truth_file, **kw):
+        base = {"cutoff_A": 0.75, "aet_cutoff_A": 0.9, "remove_offset": False, "json": None}
+        return {**base, "found": str(found), "truth": str(truth_file), **kw}
+
     found = np.vstack([truth[1:], [[1.5, 1.5, 1.5]]]) + [0.1, 0.0, 0.0]
     write_text_atoms(tmp_path / "found.txt", found, ["1"] * len(found))
     write_text_atoms(tmp_path / "truth.txt", truth, ["1"] * len(truth))
     out = tmp_path / "out.json"
-    rc = metrics.main(
-        [
-            str(tmp_path / "found.txt"),
-            str(tmp_path / "truth.txt"),
-            "--remove-offset",
-            "--json",
-            str(out),
-        ]
+    evaluate_task(
+        settings(tmp_path / "found.txt", tmp_path / "truth.txt", remove_offset=True, json=str(out))
     )
-    assert rc == 0
     r = json.loads(out.read_text())
     assert r["n_matched"] == 63 and r["n_found"] == 64 and r["n_truth"] == 64
     assert r["tp_rate"] == pytest.approx(63 / 64) and r["fp_rate"] == pytest.approx(1 / 64)
@@ -367,8 +365,8 @@ def test_cli_writes_json(tmp_path, truth, capsys):
     assert r["confusion"]["labels"] == ["1"]
     assert "TP rate" in capsys.readouterr().out
 
-    rc = metrics.main([str(tmp_path / "found.txt"), str(tmp_path / "nope.txt")])
-    assert rc == 2 and "not found" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="not found"):
+        evaluate_task(settings(tmp_path / "found.txt", tmp_path / "nope.txt"))
 
 
 # --------------------------------------------------------------------------- scale

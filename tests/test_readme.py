@@ -18,3 +18,11 @@ def test_readme_commands_match_ci():
     text = README.read_text()
     for command in ('python3 -m pip install -e ".[test]"', "python3 -m pytest -q"):
         assert command in text and command in ci
+
+
+def test_readme_first_command_is_the_installed_main_job():
+    text = README.read_text()
+    first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    assert 'python3 -m pip install -e ".[test]" && atomjax-reconstruct\n' in first
+    pyproject = (README.parent / "pyproject.toml").read_text()
+    assert 'atomjax-reconstruct = "atomjax.apps:reconstruct_main"' in pyproject

@@ -235,20 +235,3 @@ def test_haadf_tiny_physical():
         assert np.linalg.norm(_projected(series, j) - brightest, axis=1).min() < 0.4
         # the bright region is where the particle is
         assert np.linalg.norm(_centroid_A(image - image.min(), 0.4)) < 0.6
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def test_cli_writes_series(tmp_path, capsys):
-    from atomjax.io import load_tilt_series
-
-    out = tmp_path / "series.npz"
-    simulate.main([str(out), "--radius-A", "5", "--tilts=-30:30:30", "--dose", "500"])
-    series = load_tilt_series(out)
-    assert series.n_angles == 3 and series.dose_e_per_A2 == 500
-    assert series.provenance["particle"] == "fcc"
-    assert series.atoms_positions_A.shape[0] == len(series.atoms_species) > 10
-    assert "atoms" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        simulate.main([str(out), "--tilts", "1:2"])
