@@ -270,6 +270,30 @@ def run_phase(
     Returns (params, opt_state, lr_scale, losses (n_steps,), n_rejected). The loss of
     step s is evaluated before its update.
     """
+    keys = jax.random.split(key, n_steps)
+    return run_steps(
+        params, opt_state, lr_scale, lr_mult, keys, observed, euler_rad, setup, config, rates
+    )
+
+
+@eqx.filter_jit
+def run_steps(
+    params: Params,
+    opt_state,
+    lr_scale,
+    lr_mult,
+    keys,
+    observed,
+    euler_rad,
+    setup: ImagingSetup,
+    config: OptimConfig,
+    rates: Rates,
+):
+    """One optimisation step per key of ``keys`` (k, 2), in one compiled scan.
+
+    Splitting a phase's keys into consecutive pieces and calling this once per piece
+    (carrying params, opt_state and lr_scale) gives the same steps as one call.
+    """
     m = observed.shape[0]
     optimizer = build_optimizer(config, rates)
     diff0, static = trainable(params)
@@ -297,7 +321,6 @@ def run_phase(
         scale = jnp.where(ok, scale, scale * config.nan_lr_factor)
         return (diff, state, scale, n_bad + (~ok).astype(jnp.int32)), loss
 
-    keys = jax.random.split(key, n_steps)
     init = (diff0, opt_state, jnp.asarray(lr_scale, observed.dtype), jnp.asarray(0, jnp.int32))
     (diff, opt_state, lr_scale, n_bad), losses = jax.lax.scan(step, init, keys)
     return eqx.combine(diff, static), opt_state, lr_scale, losses, n_bad

@@ -302,6 +302,14 @@ def load_checkpoint(folder: pathlib.Path, template: Params, config, series_info:
 # ------------------------------------------------------------------------ the driver
 
 
+def _n_pieces(steps: int) -> int:
+    """Equal pieces a phase's steps are run in: up to 10, dividing ``steps`` exactly
+    (one compiled shape per run) and at least 5 steps long."""
+    return next(
+        k for k in (10, 8, 6, 5, 4, 3, 2, 1) if steps % k == 0 and steps // k >= 5 or k == 1
+    )
+
+
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -390,19 +398,27 @@ def reconstruct(
     for phase in range(start, stop):
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase)
         lr_mult = jnp.asarray(opt.lr_decay_per_phase**phase, dtype)
-        params, opt_state, lr_scale, losses, n_bad = fit.run_phase(
-            params,
-            opt_state,
-            jnp.asarray(lr_scale, dtype),
-            lr_mult,
-            key,
-            observed,
-            euler,
-            setup,
-            opt,
-            rates,
-            opt.steps_per_phase,
-        )
+        keys = jax.random.split(key, opt.steps_per_phase)
+        pieces, n_bad = [], 0
+        for piece in np.split(np.arange(opt.steps_per_phase), _n_pieces(opt.steps_per_phase)):
+            # a few compiled scans per phase, so the progress bar moves within a phase
+            params, opt_state, lr_scale, piece_losses, piece_bad = fit.run_steps(
+                params,
+                opt_state,
+                jnp.asarray(lr_scale, dtype),
+                lr_mult,
+                keys[piece[0] : piece[-1] + 1],
+                observed,
+                euler,
+                setup,
+                opt,
+                rates,
+            )
+            pieces.append(np.asarray(piece_losses))
+            n_bad += int(piece_bad)
+            bar.update(len(piece))
+            bar.set_postfix(loss=f"{pieces[-1][-1]:.3e}", atoms=params.atoms.n_alive)
+        losses = np.concatenate(pieces)
         losses = np.asarray(losses)
         history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
         record = {
@@ -419,7 +435,6 @@ def reconstruct(
             )
             record.update(counts)
         history["phases"].append(record)
-        bar.update(opt.steps_per_phase)
         bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
         if ckpt is not None:
             meta = {
