@@ -288,17 +288,26 @@ def run_steps(
     setup: ImagingSetup,
     config: OptimConfig,
     rates: Rates,
+    mesh=None,
+    weights=None,
 ):
     """One optimisation step per key of ``keys`` (k, 2), in one compiled scan.
 
     Splitting a phase's keys into consecutive pieces and calling this once per piece
     (carrying params, opt_state and lr_scale) gives the same steps as one call.
+    mesh: a :func:`atomjax.sharding.angle_mesh` to split the images over its devices;
+    observed, euler_rad, weights and the per-image parameters are then padded to the
+    mesh (:mod:`atomjax.sharding`) and mini-batches are drawn per device.
     """
     m = observed.shape[0]
     optimizer = build_optimizer(config, rates)
     diff0, static = trainable(params)
     batch = config.batch_angles
     use_batch = batch is not None and batch < m
+    if mesh is not None:
+        from .sharding import sharded_loss
+
+        per_device = -(-batch // mesh.size) if use_batch else None
 
     def step(carry, step_key):
         diff, state, scale, n_bad = carry
@@ -308,7 +317,12 @@ def run_steps(
             index = jnp.arange(m)
 
         def f(d):
-            return objective(eqx.combine(d, static), observed, euler_rad, index, setup, config.loss)
+            p = eqx.combine(d, static)
+            if mesh is not None:
+                return sharded_loss(
+                    p, observed, euler_rad, weights, setup, config.loss, mesh, per_device, step_key
+                )
+            return objective(p, observed, euler_rad, index, setup, config.loss)
 
         loss, grads = jax.value_and_grad(f)(diff)
         updates, new_state = optimizer.update(grads, state, diff)

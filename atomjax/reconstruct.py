@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import adapt, fit, init, metrics, outputs, tomogram
+from . import adapt, fit, init, metrics, outputs, sharding, tomogram
 from .adapt import AdaptConfig
 from .atoms import Atoms
 from .data import TiltSeries, normalise_series
@@ -53,6 +53,9 @@ class ReconstructConfig:
     Slices of ``slice_thickness_A`` cover the field of view unless ``n_slices`` is set.
     ``max_width_A2`` sizes the splatting window and bounds the fitted widths.
     species: names from the weakest to the strongest scatterer, to classify atoms.
+    shard_devices: split the tilt angles over this many devices (-1: all of
+    ``jax.devices()``, every process's after ``jax.distributed.initialize()``); None or
+    1: one device. The result does not depend on it (up to float rounding).
     """
 
     mode: str = "direct"
@@ -63,6 +66,7 @@ class ReconstructConfig:
     n_slices: int | None = None
     max_width_A2: float = 1.5
     angle_chunk: int = 8
+    shard_devices: int | None = None
     calibrate_amplitude: bool = True
     fit_background: bool = True
     adapt_between_phases: bool = True
@@ -82,6 +86,10 @@ class ReconstructConfig:
             raise ValueError(f"probe_fit must be one of {PROBE_FITS}, got {self.probe_fit!r}")
         if not self.slice_thickness_A > 0:
             raise ValueError(f"slice_thickness_A must be positive, got {self.slice_thickness_A}")
+        if self.shard_devices is not None and not (
+            self.shard_devices == -1 or int(self.shard_devices) >= 1
+        ):
+            raise ValueError(f"shard_devices must be -1, None or ≥ 1, got {self.shard_devices}")
         if self.n_slices is not None and (int(self.n_slices) != self.n_slices or self.n_slices < 1):
             raise ValueError(f"n_slices must be a positive integer or None, got {self.n_slices}")
         if self.species is not None:
@@ -268,8 +276,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+_RESUME_MAY_CHANGE = ("optim.n_phases", "shard_devices")
+
+
 def _check_resumable(meta: dict, config: ReconstructConfig, series_info: dict) -> None:
-    """Resuming needs the same series and settings (only ``optim.n_phases`` may grow)."""
+    """Resuming needs the same series and settings (only ``optim.n_phases`` may grow, and
+    the device count may change)."""
     if meta.get("series") != series_info:
         raise ValueError(
             f"the checkpoint was written for a series {meta.get('series')}, not this one "
@@ -277,7 +289,9 @@ def _check_resumable(meta: dict, config: ReconstructConfig, series_info: dict) -
         )
     saved, now = _flat(meta["config"]), _flat(config.to_dict())
     changed = sorted(
-        k for k in set(saved) | set(now) if k != "optim.n_phases" and saved.get(k) != now.get(k)
+        k
+        for k in set(saved) | set(now)
+        if k not in _RESUME_MAY_CHANGE and saved.get(k) != now.get(k)
     )
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -300,6 +314,35 @@ def load_checkpoint(folder: pathlib.Path, template: Params, config, series_info:
 
 
 # ------------------------------------------------------------------------ the driver
+
+
+def _fit_data(config: ReconstructConfig, observed, euler):
+    """(mesh, observed, euler, weights) as the fit sees them: as given on one device, or
+    padded and split over the devices when ``config.shard_devices`` asks for several."""
+    n = config.shard_devices
+    if n is None or n == 1:
+        return None, observed, euler, None
+    mesh = sharding.angle_mesh(None if n == -1 else n)
+    weights = sharding.image_weights(observed.shape[0], mesh, observed.dtype)
+    pad = lambda x: sharding.place_images(sharding.pad_to_mesh(x, mesh), mesh)  # noqa: E731
+    return mesh, pad(observed), pad(euler), sharding.place_images(weights, mesh)
+
+
+def _on_mesh(params, opt_state, mesh):
+    """Per-image parameters (and their optimizer moments) padded and split over ``mesh``;
+    atoms replicated. No-op without a mesh or when already padded."""
+    if mesh is None:
+        return params, opt_state
+    m_pad = sharding.padded_count(params.drift_A.shape[0], mesh)
+    if params.drift_A.shape[0] != m_pad:
+        params = sharding.pad_params(params, mesh)
+        opt_state = sharding.pad_params(opt_state, mesh)
+    return sharding.place(params, mesh), sharding.place(opt_state, mesh)
+
+
+def _off_mesh(params, opt_state, n_angles: int):
+    """The per-image parameters of the real images only (checkpoints, reports)."""
+    return sharding.unpad_params(params, n_angles), sharding.unpad_params(opt_state, n_angles)
 
 
 def _n_pieces(steps: int) -> int:
@@ -392,6 +435,8 @@ def reconstruct(
         start = 0
         elapsed0 = 0.0
 
+    mesh, observed_fit, euler_fit, weights = _fit_data(config, observed, euler)
+    params, opt_state = _on_mesh(params, opt_state, mesh)
     bar = _progress(opt.n_phases * opt.steps_per_phase, progress)
     bar.update(start * opt.steps_per_phase)
     stop = opt.n_phases if max_phases is None else min(opt.n_phases, start + int(max_phases))
@@ -408,11 +453,13 @@ def reconstruct(
                 jnp.asarray(lr_scale, dtype),
                 lr_mult,
                 keys[piece[0] : piece[-1] + 1],
-                observed,
-                euler,
+                observed_fit,
+                euler_fit,
                 setup,
                 opt,
                 rates,
+                mesh=mesh,
+                weights=weights,
             )
             pieces.append(np.asarray(piece_losses))
             n_bad += int(piece_bad)
@@ -431,8 +478,9 @@ def reconstruct(
         }
         if config.adapt_between_phases and phase < opt.n_phases - 1:
             params, opt_state, counts = adapt_step(
-                params, opt_state, observed, euler, setup, config, rates
+                *_off_mesh(params, opt_state, m), observed, euler, setup, config, rates
             )
+            params, opt_state = _on_mesh(params, opt_state, mesh)
             record.update(counts)
         history["phases"].append(record)
         bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
@@ -444,8 +492,9 @@ def reconstruct(
                 "config": config.to_dict(),
                 "series": _series_info(series),
             }
-            save_checkpoint(ckpt, phase + 1, params, opt_state, lr_scale, meta)
+            save_checkpoint(ckpt, phase + 1, *_off_mesh(params, opt_state, m), lr_scale, meta)
     bar.close()
+    params, _ = _off_mesh(params, opt_state, m)
     return _finish(
         series,
         config,

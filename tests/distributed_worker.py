@@ -1,0 +1,77 @@
+"""One process of the two-process test in test_sharding.py (not a test module itself).
+
+    python distributed_worker.py COORDINATOR_PORT PROCESS_ID OUT.npz
+
+Joins a 2-process JAX cluster on 127.0.0.1 (CPU devices, gloo collectives), builds the
+same small problem as every other process, splits the tilt angles over all processes'
+devices and writes its view of the loss and gradients to OUT.npz.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+N_ANGLES = 7
+
+
+def problem(jnp):
+    """Atoms, setup, views and images, identical in every process (fixed seed)."""
+    from atomjax import Atoms, ImagingSetup, euler_from_tilts_deg
+    from atomjax.fit import Params
+
+    rng = np.random.default_rng(1)
+    atoms = Atoms.create(rng.uniform(-4, 4, (16, 3)), width_A2=0.5, amplitude=1.0, capacity=16)
+    setup = ImagingSetup((32, 32), 0.3, n_slices=4, slice_thickness_A=3.0, angle_chunk=2)
+    euler = jnp.asarray(np.deg2rad(euler_from_tilts_deg(np.linspace(-60, 60, N_ANGLES))))
+    drift = jnp.asarray(rng.normal(0, 0.2, (N_ANGLES, 3)))
+    background = jnp.asarray(rng.uniform(0, 0.1, N_ANGLES))
+    observed = jnp.asarray(rng.uniform(0, 1, (N_ANGLES, 32, 32)))
+    return Params(atoms, drift, None, background), setup, euler, observed
+
+
+def main(port: int, process_id: int, out: str) -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    import equinox as eqx
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+
+    from atomjax import sharding
+
+    params, setup, euler, observed = problem(jnp)
+    mesh = sharding.angle_mesh()  # every process's devices
+    weights = sharding.image_weights(N_ANGLES, mesh, observed.dtype)
+    obs = sharding.place_images(sharding.pad_to_mesh(observed, mesh), mesh)
+    eul = sharding.place_images(sharding.pad_to_mesh(euler, mesh), mesh)
+    w = sharding.place_images(weights, mesh)
+    placed = sharding.place(sharding.pad_params(params, mesh), mesh)
+
+    @eqx.filter_jit
+    def value_and_grad(p, o, e, ww):
+        return eqx.filter_value_and_grad(
+            lambda q: sharding.sharded_loss(q, o, e, ww, setup, "mse", mesh)
+        )(p)
+
+    loss, grads = value_and_grad(placed, obs, eul, w)
+    gather = multihost_utils.process_allgather
+    np.savez(
+        out,
+        n_devices=mesh.size,
+        n_processes=jax.process_count(),
+        loss=float(loss.addressable_data(0)),
+        positions=np.asarray(gather(grads.atoms.positions_A, tiled=True)),
+        widths=np.asarray(gather(grads.atoms.widths_A2, tiled=True)),
+        amplitudes=np.asarray(gather(grads.atoms.amplitudes, tiled=True)),
+        drift=np.asarray(gather(grads.drift_A, tiled=True))[:N_ANGLES],
+        background=np.asarray(gather(grads.background, tiled=True))[:N_ANGLES],
+    )
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
