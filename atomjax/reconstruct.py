@@ -38,7 +38,15 @@ from .data import TiltSeries, normalise_series
 from .fit import OptimConfig, Params, Rates, settings_from_dict
 from .init import InitConfig
 from .probe import ProbeSettings
-from .render import MODES, FixedProbe, ImagingSetup, PhysicalProbe, PixelProbe, render_series
+from .render import (
+    MODES,
+    FixedProbe,
+    ImagingSetup,
+    PhysicalProbe,
+    PixelProbe,
+    depth_basis,
+    render_series,
+)
 
 PROBE_FITS = ("pixel", "physical")
 
@@ -56,6 +64,9 @@ class ReconstructConfig:
     shard_devices: split the tilt angles over this many devices (-1: all of
     ``jax.devices()``, every process's after ``jax.distributed.initialize()``); None or
     1: one device. The result does not depend on it (up to float rounding).
+    depth_rank: render with R depth components instead of every slice (the low-rank
+    depth interaction, :func:`atomjax.render.depth_basis` of the starting probe): R FFTs
+    per image instead of n_slices; None: the full per-slice model.
     """
 
     mode: str = "direct"
@@ -67,6 +78,7 @@ class ReconstructConfig:
     max_width_A2: float = 1.5
     angle_chunk: int = 8
     shard_devices: int | None = None
+    depth_rank: int | None = None
     calibrate_amplitude: bool = True
     fit_background: bool = True
     adapt_between_phases: bool = True
@@ -90,6 +102,12 @@ class ReconstructConfig:
             self.shard_devices == -1 or int(self.shard_devices) >= 1
         ):
             raise ValueError(f"shard_devices must be -1, None or ≥ 1, got {self.shard_devices}")
+        if self.depth_rank is not None and (
+            int(self.depth_rank) != self.depth_rank or self.depth_rank < 1
+        ):
+            raise ValueError(
+                f"depth_rank must be a positive integer or None, got {self.depth_rank}"
+            )
         if self.n_slices is not None and (int(self.n_slices) != self.n_slices or self.n_slices < 1):
             raise ValueError(f"n_slices must be a positive integer or None, got {self.n_slices}")
         if self.species is not None:
@@ -158,6 +176,16 @@ def make_probe(series: TiltSeries, config: ReconstructConfig, setup: ImagingSetu
     dtype = jnp.asarray(0.0).dtype
     offsets = jnp.zeros(series.n_angles, dtype) if config.focus_per_image else None
     return PhysicalProbe(settings, offsets)
+
+
+def with_depth_rank(setup: ImagingSetup, probe, rank: int | None) -> ImagingSetup:
+    """``setup`` with the rank-``rank`` depth basis of ``probe``'s starting stack (the
+    low-rank depth interaction); unchanged in direct mode, for None, or for a rank that
+    is not below the number of slices."""
+    if rank is None or probe is None or rank >= setup.n_slices:
+        return setup
+    stack = np.asarray(probe.intensities(setup))
+    return dataclasses.replace(setup, depth_basis=depth_basis(stack, int(rank)))
 
 
 def estimate_background(images: np.ndarray, border_fraction: float = 0.06) -> np.ndarray:
@@ -391,6 +419,7 @@ def reconstruct(
     m = series.n_angles
     setup = make_setup(series, config)
     probe = make_probe(series, config, setup)
+    setup = with_depth_rank(setup, probe, config.depth_rank)
     drift0 = jnp.zeros((m, 3), dtype)
     background = estimate_background(observed_np)
     opt = config.optim
@@ -533,6 +562,7 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
             "slice_thickness_A": setup.slice_thickness_A,
             "max_width_A2": setup.max_width_A2,
             "window_radius_px": setup.radius_px,
+            "depth_rank": setup.depth_rank,
         },
         "n_atoms": len(a["positions_A"]),
         "history": history,

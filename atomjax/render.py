@@ -53,6 +53,16 @@ def _as_shape(shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
+def _as_basis(basis):
+    """(n_slices, R) array -> nested tuples of floats (hashable); None stays None."""
+    if basis is None:
+        return None
+    b = np.asarray(basis, dtype=float)
+    if b.ndim != 2 or not np.all(np.isfinite(b)):
+        raise ValueError(f"depth_basis must be a finite (n_slices, R) array, got shape {b.shape}")
+    return tuple(tuple(float(x) for x in row) for row in b)
+
+
 class ImagingSetup(eqx.Module):
     """Static description of the images and the slicing (hashable; a jit static argument).
 
@@ -62,6 +72,11 @@ class ImagingSetup(eqx.Module):
       of width B = max_width_A2 has fallen to ``truncation`` of its peak at the window
       edge; ``window_radius_px`` overrides it.
     depth_split: "linear" or "hard" slice assignment. angle_chunk: images per chunk.
+    depth_basis: None, or an (n_slices, R) orthonormal basis over the slices
+      (:func:`depth_basis`, stored as nested tuples so the setup stays hashable) — the
+      low-rank depth interaction: atoms are splatted into R channels weighted by the
+      basis at their depth (linearly interpolated between slice centres) and the image
+      needs R FFTs instead of n_slices. With R = n_slices it equals the linear split.
     """
 
     image_shape: tuple[int, int] = eqx.field(static=True, converter=_as_shape)
@@ -73,6 +88,7 @@ class ImagingSetup(eqx.Module):
     window_radius_px: int | None = eqx.field(static=True, default=None)
     depth_split: str = eqx.field(static=True, default="linear")
     angle_chunk: int = eqx.field(static=True, default=8)
+    depth_basis: tuple | None = eqx.field(static=True, default=None, converter=_as_basis)
 
     def __check_init__(self):
         if not (math.isfinite(self.pixel_size_A) and self.pixel_size_A > 0):
@@ -93,6 +109,18 @@ class ImagingSetup(eqx.Module):
             raise ValueError(f"depth_split must be 'linear' or 'hard', got {self.depth_split!r}")
         if int(self.angle_chunk) != self.angle_chunk or self.angle_chunk < 1:
             raise ValueError(f"angle_chunk must be a positive integer, got {self.angle_chunk}")
+        if self.depth_basis is not None:
+            rows, rank = len(self.depth_basis), len(self.depth_basis[0])
+            if rows != self.n_slices or not 1 <= rank <= rows:
+                raise ValueError(
+                    f"depth_basis must have shape (n_slices, R) = ({self.n_slices}, R ≤ "
+                    f"{self.n_slices}), got ({rows}, {rank})"
+                )
+
+    @property
+    def depth_rank(self) -> int | None:
+        """R, the number of depth components (None: the full per-slice model)."""
+        return None if self.depth_basis is None else len(self.depth_basis[0])
 
     @property
     def radius_px(self) -> int:
@@ -261,9 +289,23 @@ def splat(
 
 
 def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
-    """One image from masked atom parameters; ``probe_ft`` None means direct mode."""
+    """One image from masked atom parameters; ``probe_ft`` None means direct mode.
+
+    With ``setup.depth_basis`` the probe_ft is already projected on the basis (R, ...).
+    """
     uvw = geometry.to_image_frame(pos, euler_rad, drift_A)
     direct = probe_ft is None
+    if not direct and setup.depth_basis is not None:
+        basis = jnp.asarray(setup.depth_basis, pos.dtype)  # (n_slices, R)
+        k_idx, k_w = geometry.linear_slice_weights(
+            uvw[:, 2], setup.n_slices, setup.slice_thickness_A
+        )
+        weights = jnp.einsum("ns,nsr->nr", k_w, basis[k_idx])  # (n, R): basis at each depth
+        rank = basis.shape[1]
+        index = jnp.broadcast_to(jnp.arange(rank, dtype=jnp.int32), weights.shape)
+        channels = splat(uvw, width, amp, index, weights, rank, setup)
+        image_ft = jnp.sum(probe_ft * jnp.fft.rfft2(channels), axis=0)
+        return jnp.fft.irfft2(image_ft, s=setup.image_shape)
     k_idx, k_w = _slice_assignment(uvw[:, 2], setup, direct)
     n_out = 1 if direct else setup.n_slices
     slices = splat(uvw, width, amp, k_idx, k_w, n_out, setup)
@@ -273,9 +315,45 @@ def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
     return jnp.fft.irfft2(jnp.sum(jnp.conj(probe_ft) * obj_ft, axis=0), s=setup.image_shape)
 
 
-def probe_fourier(stack: Float[Array, "k nu nv"]) -> Array:
-    """rfft2 of a centred probe-intensity stack, moved to the origin for convolution."""
-    return jnp.fft.rfft2(jnp.fft.ifftshift(stack, axes=(-2, -1)))
+def probe_fourier(stack: Float[Array, "k nu nv"], setup: ImagingSetup | None = None) -> Array:
+    """rfft2 of a centred probe-intensity stack, moved to the origin for convolution.
+
+    With a low-rank ``setup.depth_basis`` A (n_slices, R): D_r = Σ_k A_kr conj(P̂_k),
+    the stack's conjugate transform projected on the basis (R, nu, nv // 2 + 1), so
+    that an image is Σ_r D_r · FT(C_r) for the R splatted channels C_r.
+    """
+    ft = jnp.fft.rfft2(jnp.fft.ifftshift(stack, axes=(-2, -1)))
+    if setup is None or setup.depth_basis is None:
+        return ft
+    basis = jnp.asarray(setup.depth_basis, stack.dtype)
+    return jnp.einsum("kr,kuv->ruv", basis, jnp.conj(ft))
+
+
+def depth_basis(stack, rank: int) -> np.ndarray:
+    """The best rank-``rank`` basis over depth slices for a probe stack (n_slices, nu, nv).
+
+    The left singular vectors of the slices' Fourier transforms (real and imaginary
+    parts side by side, so the basis is real): projecting the stack on them leaves the
+    smallest least-squares error of any ``rank`` depth profiles. Host-side, numpy.
+    """
+    stack = np.asarray(stack, dtype=float)
+    if stack.ndim != 3:
+        raise ValueError(f"stack must have shape (n_slices, nu, nv), got {stack.shape}")
+    n = stack.shape[0]
+    if not 1 <= int(rank) <= n:
+        raise ValueError(f"rank must lie between 1 and n_slices = {n}, got {rank}")
+    ft = np.fft.rfft2(np.fft.ifftshift(stack, axes=(-2, -1))).reshape(n, -1)
+    u, _, _ = np.linalg.svd(np.concatenate([ft.real, ft.imag], axis=1), full_matrices=False)
+    return u[:, : int(rank)]
+
+
+def depth_rank_error(stack, basis) -> float:
+    """Relative Fourier-space (= real-space, by Parseval) error of the projected stack."""
+    stack = np.asarray(stack, dtype=float)
+    ft = np.fft.rfft2(stack).reshape(stack.shape[0], -1)
+    a = np.asarray(basis, dtype=float)
+    approx = a @ (a.T @ ft)
+    return float(np.linalg.norm(ft - approx) / np.linalg.norm(ft))
 
 
 @eqx.filter_jit
@@ -309,7 +387,7 @@ def render_series(
             raise ValueError(
                 f"probe stack has shape {stack.shape}, expected (n_slices, nu, nv) = {expected}"
             )
-        probe_ft = probe_fourier(stack.astype(pos.dtype))
+        probe_ft = probe_fourier(stack.astype(pos.dtype), setup)
 
     chunk = min(setup.angle_chunk, m)
     n_chunks = -(-m // chunk)
@@ -327,7 +405,7 @@ def render_series(
     views = jnp.pad(views, ((0, pad), (0, 0))).reshape(n_chunks, chunk, n_cols)
 
     def one(view):
-        ft = probe_fourier(probe.intensities(setup, view[6])) if per_image else probe_ft
+        ft = probe_fourier(probe.intensities(setup, view[6]), setup) if per_image else probe_ft
         return _image(pos, width, amp, view[:3], view[3:6], ft, setup)
 
     @jax.checkpoint
