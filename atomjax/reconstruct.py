@@ -44,6 +44,7 @@ from .render import (
     ImagingSetup,
     PhysicalProbe,
     PixelProbe,
+    auto_angle_chunk,
     depth_basis,
     render_series,
 )
@@ -60,6 +61,10 @@ class ReconstructConfig:
     focus per image). probe: ProbeSettings fields used when the series has none.
     Slices of ``slice_thickness_A`` cover the field of view unless ``n_slices`` is set.
     ``max_width_A2`` sizes the splatting window and bounds the fitted widths.
+    angle_chunk: images rendered together (vmapped, rematerialised in the backward
+    pass); None chooses it from the image size, slices, atoms and the free memory
+    (:func:`atomjax.render.auto_angle_chunk`), so peak memory does not grow with the
+    number of angles.
     species: names from the weakest to the strongest scatterer, to classify atoms.
     shard_devices: split the tilt angles over this many devices (-1: all of
     ``jax.devices()``, every process's after ``jax.distributed.initialize()``); None or
@@ -76,7 +81,7 @@ class ReconstructConfig:
     slice_thickness_A: float = 2.0
     n_slices: int | None = None
     max_width_A2: float = 1.5
-    angle_chunk: int = 8
+    angle_chunk: int | None = None
     shard_devices: int | None = None
     depth_rank: int | None = None
     calibrate_amplitude: bool = True
@@ -150,8 +155,23 @@ def make_setup(series: TiltSeries, config: ReconstructConfig) -> ImagingSetup:
         n_slices=n_slices if config.mode != "direct" else 1,
         slice_thickness_A=config.slice_thickness_A,
         max_width_A2=config.max_width_A2,
-        angle_chunk=config.angle_chunk,
+        angle_chunk=config.angle_chunk or 8,  # None: resolved once the atoms are known
     )
+
+
+def resolve_angle_chunk(
+    setup: ImagingSetup, config: ReconstructConfig, n_angles: int, capacity: int, itemsize: int
+) -> ImagingSetup:
+    """``setup`` with ``config.angle_chunk``, or the automatic chunk for twice the current
+    atom capacity (headroom for atoms added later) when it is None."""
+    if config.angle_chunk is not None:
+        return setup
+    window = 2 * setup.radius_px + 1
+    channels = setup.depth_rank or setup.n_slices
+    split = channels if setup.depth_rank else (1 if setup.n_slices == 1 else 2)
+    chunk = auto_angle_chunk(n_angles, setup.image_shape, channels, 2 * capacity, window, split,
+                             itemsize)  # fmt: skip
+    return dataclasses.replace(setup, angle_chunk=chunk)
 
 
 def probe_settings(series: TiltSeries, config: ReconstructConfig) -> ProbeSettings | None:
@@ -464,6 +484,10 @@ def reconstruct(
         start = 0
         elapsed0 = 0.0
 
+    if resume and meta.get("angle_chunk"):
+        setup = dataclasses.replace(setup, angle_chunk=int(meta["angle_chunk"]))
+    else:
+        setup = resolve_angle_chunk(setup, config, m, params.atoms.capacity, dtype.itemsize)
     mesh, observed_fit, euler_fit, weights = _fit_data(config, observed, euler)
     params, opt_state = _on_mesh(params, opt_state, mesh)
     bar = _progress(opt.n_phases * opt.steps_per_phase, progress)
@@ -520,6 +544,7 @@ def reconstruct(
                 "elapsed_s": elapsed0 + time.perf_counter() - t0,
                 "config": config.to_dict(),
                 "series": _series_info(series),
+                "angle_chunk": setup.angle_chunk,
             }
             save_checkpoint(ckpt, phase + 1, *_off_mesh(params, opt_state, m), lr_scale, meta)
     bar.close()
@@ -563,6 +588,7 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
             "max_width_A2": setup.max_width_A2,
             "window_radius_px": setup.radius_px,
             "depth_rank": setup.depth_rank,
+            "angle_chunk": setup.angle_chunk,
         },
         "n_atoms": len(a["positions_A"]),
         "history": history,

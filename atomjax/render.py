@@ -53,6 +53,59 @@ def _as_shape(shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
+def image_bytes(
+    image_shape, n_channels: int, n_atoms: int, window_px: int, split: int, itemsize: int = 4
+) -> int:
+    """Working memory of one image in the forward and backward pass (bytes, an estimate).
+
+    What a chunk keeps per image: the splat updates (atoms × split × window²), the
+    padded slice stack and its Fourier transform, and the image — about three copies
+    of each between the forward pass, its rematerialisation and the gradient.
+    """
+    nu, nv = image_shape
+    pad = 2 * (window_px // 2)
+    splat_updates = n_atoms * split * window_px**2
+    slices = n_channels * (nu + 2 * pad) * (nv + 2 * pad)
+    spectra = 2 * n_channels * nu * (nv // 2 + 1)  # complex
+    return int(3 * itemsize * (splat_updates + slices + spectra + nu * nv))
+
+
+def available_bytes(device=None) -> int:
+    """Memory a device can still give: the accelerator's free bytes, or the host's."""
+    device = jax.devices()[0] if device is None else device
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def auto_angle_chunk(
+    n_angles: int,
+    image_shape,
+    n_channels: int,
+    n_atoms: int,
+    window_px: int,
+    split: int = 2,
+    itemsize: int = 4,
+    memory_bytes: int | None = None,
+    fraction: float = 0.25,
+    max_chunk: int = 32,
+) -> int:
+    """Images per chunk so one chunk's working memory stays within ``fraction`` of the
+    available memory (:func:`image_bytes`, :func:`available_bytes`): a power of two
+    (stable when the free memory moves a little), at least 1, at most ``max_chunk``
+    and the number of angles."""
+    per_image = image_bytes(image_shape, n_channels, n_atoms, window_px, split, itemsize)
+    budget = fraction * (available_bytes() if memory_bytes is None else memory_bytes)
+    fits = int(max(1, min(max_chunk, budget // max(per_image, 1))))
+    return int(min(n_angles, 2 ** (fits.bit_length() - 1)))
+
+
 def _as_basis(basis):
     """(n_slices, R) array -> nested tuples of floats (hashable); None stays None."""
     if basis is None:
