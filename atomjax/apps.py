@@ -93,6 +93,10 @@ def reconstruct_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> dict[str, An
     from .reconstruct import reconstruct
 
     out = pathlib.Path(out_dir)
+    if cfg.get("distributed"):  # one process per device: join them before JAX starts
+        import jax
+
+        jax.distributed.initialize()
     config = reconstruct_config(
         cfg["mode"],
         cfg["probe"],
@@ -116,6 +120,8 @@ def reconstruct_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> dict[str, An
         figures=cfg["figures"],
         max_phases=cfg["max_phases"],
     )
+    if result.out_dir is None:  # not the writing process of a multi-process run
+        return summary(result.report)
     if series.atoms_positions_A is not None:
         _write_truth(out / "truth.extxyz", series.atoms_positions_A, series.atoms_species)
     print_summary(result.report, out)

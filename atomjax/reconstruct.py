@@ -171,6 +171,10 @@ def resolve_angle_chunk(
     split = channels if setup.depth_rank else (1 if setup.n_slices == 1 else 2)
     chunk = auto_angle_chunk(n_angles, setup.image_shape, channels, 2 * capacity, window, split,
                              itemsize)  # fmt: skip
+    if jax.process_count() > 1:  # every process must run the same program: take the first's
+        from jax.experimental import multihost_utils
+
+        chunk = int(multihost_utils.broadcast_one_to_all(np.int32(chunk)))
     return dataclasses.replace(setup, angle_chunk=chunk)
 
 
@@ -389,7 +393,9 @@ def _on_mesh(params, opt_state, mesh):
 
 
 def _off_mesh(params, opt_state, n_angles: int):
-    """The per-image parameters of the real images only (checkpoints, reports)."""
+    """The per-image parameters of the real images only, on this process (host-side
+    steps, checkpoints, reports; with several processes every one gets the same copy)."""
+    params, opt_state = sharding.to_host((params, opt_state))
     return sharding.unpad_params(params, n_angles), sharding.unpad_params(opt_state, n_angles)
 
 
@@ -429,6 +435,7 @@ def reconstruct(
     t0 = time.perf_counter()
     out = pathlib.Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint" if out is not None and config.checkpoint else None
+    writer = jax.process_index() == 0  # several processes (jax.distributed): one writes
     if resume and (ckpt is None or not (ckpt / CHECKPOINT_JSON).is_file()):
         raise FileNotFoundError(f"no checkpoint to resume from in {ckpt}")
 
@@ -537,7 +544,7 @@ def reconstruct(
             record.update(counts)
         history["phases"].append(record)
         bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
-        if ckpt is not None:
+        if ckpt is not None and writer:
             meta = {
                 "history": history,
                 "rates": [list(r) for r in rates.values],
@@ -557,7 +564,7 @@ def reconstruct(
         euler,
         setup,
         history,
-        out,
+        out if writer else None,
         figures,
         elapsed0 + time.perf_counter() - t0,
     )

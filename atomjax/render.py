@@ -72,7 +72,7 @@ def image_bytes(
 
 def available_bytes(device=None) -> int:
     """Memory a device can still give: the accelerator's free bytes, or the host's."""
-    device = jax.devices()[0] if device is None else device
+    device = jax.local_devices()[0] if device is None else device
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))

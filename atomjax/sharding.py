@@ -129,6 +129,20 @@ def place(tree, mesh: Mesh, specs=None):
     return jax.tree.map(put, tree, specs, is_leaf=lambda x: x is None)
 
 
+def to_host(tree):
+    """Every array of ``tree`` that spans several processes, gathered to numpy on each
+    process (the same values everywhere); arrays a process holds whole stay as they are."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+
+    return jax.tree.map(get, tree)
+
+
 def place_images(x, mesh: Mesh):
     """An (m, ...) array split over the mesh along its first axis."""
     return place(x, mesh, P(AXIS))

@@ -1,10 +1,12 @@
 """One process of the two-process test in test_sharding.py (not a test module itself).
 
-    python distributed_worker.py COORDINATOR_PORT PROCESS_ID OUT.npz
+    python distributed_worker.py COORDINATOR_PORT PROCESS_ID OUT.npz [reconstruct]
 
 Joins a 2-process JAX cluster on 127.0.0.1 (CPU devices, gloo collectives), builds the
 same small problem as every other process, splits the tilt angles over all processes'
-devices and writes its view of the loss and gradients to OUT.npz.
+devices and writes its view of the loss and gradients to OUT.npz — or, with
+``reconstruct``, runs a whole reconstruction sharded over both processes and writes the
+atoms it found.
 """
 
 from __future__ import annotations
@@ -31,12 +33,45 @@ def problem(jnp):
     return Params(atoms, drift, None, background), setup, euler, observed
 
 
-def main(port: int, process_id: int, out: str) -> None:
+def tiny_series():
+    from atomjax import simulate, structures
+
+    particle = structures.fcc_sphere("Au", 4.5)
+    return simulate.simulate_fast(particle, np.linspace(-60, 60, 7), progress=False)
+
+
+RECONSTRUCT = {
+    "mode": "rigid",
+    "probe": {"energy_eV": 300e3, "semiangle_mrad": 25.0},
+    "optim": {"n_phases": 2, "steps_per_phase": 20},
+    "checkpoint": False,
+}
+
+
+def reconstruct_sharded(out: str) -> None:
+    import jax
+
+    from atomjax import reconstruct
+
+    result = reconstruct(tiny_series(), {**RECONSTRUCT, "shard_devices": -1}, progress=False)
+    np.savez(
+        out,
+        n_devices=len(jax.devices()),
+        positions=result.positions_A,
+        tp_rate=result.report["metrics"]["tp_rate"],
+    )
+
+
+def main(port: int, process_id: int, out: str, task: str = "gradients") -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    if task == "reconstruct":
+        reconstruct_sharded(out)
+        jax.distributed.shutdown()
+        return
     import equinox as eqx
     import jax.numpy as jnp
     from jax.experimental import multihost_utils
@@ -74,4 +109,4 @@ def main(port: int, process_id: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:])

@@ -139,9 +139,8 @@ def test_reconstruction_sharded_over_devices_equals_one_device(mode):
     assert four.report["metrics"]["tp_rate"] == 1.0
 
 
-@pytest.mark.slow
-def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
-    """A real 2-process run on loopback (gloo collectives on CPU), bounded in time."""
+def _run_two_processes(tmp_path, *task):
+    """Start distributed_worker.py as processes 0 and 1 on loopback; their npz outputs."""
     import os
     import pathlib
     import socket
@@ -149,12 +148,6 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
     import sys
 
     import distributed_worker as worker
-
-    params, setup, euler, observed = worker.problem(jnp)
-    index = jnp.arange(worker.N_ANGLES)
-    want, grads = eqx.filter_value_and_grad(
-        lambda p: objective(p, observed, euler, index, setup, "mse")
-    )(params)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,7 +157,7 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
     script = pathlib.Path(worker.__file__)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(port), str(i), str(tmp_path / f"p{i}.npz")],
+            [sys.executable, str(script), str(port), str(i), str(tmp_path / f"p{i}.npz"), *task],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -173,14 +166,26 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
         for i in range(2)
     ]
     try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
+        logs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
-    for i in range(2):
-        got = np.load(tmp_path / f"p{i}.npz")
+    return [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
+    """A real 2-process run on loopback (gloo collectives on CPU), bounded in time."""
+    import distributed_worker as worker
+
+    params, setup, euler, observed = worker.problem(jnp)
+    index = jnp.arange(worker.N_ANGLES)
+    want, grads = eqx.filter_value_and_grad(
+        lambda p: objective(p, observed, euler, index, setup, "mse")
+    )(params)
+    for got in _run_two_processes(tmp_path):
         assert int(got["n_processes"]) == 2 and int(got["n_devices"]) == 4
         np.testing.assert_allclose(float(got["loss"]), float(want), rtol=1e-10)
         pairs = {
@@ -192,3 +197,15 @@ def test_two_processes_with_jax_distributed_equal_one_process(tmp_path):
         }
         for name, expected in pairs.items():
             np.testing.assert_allclose(got[name], np.asarray(expected), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_reconstruction_over_two_processes_equals_one_process(tmp_path):
+    import distributed_worker as worker
+
+    from atomjax import reconstruct
+
+    want = reconstruct(worker.tiny_series(), worker.RECONSTRUCT, progress=False)
+    for got in _run_two_processes(tmp_path, "reconstruct"):
+        assert int(got["n_devices"]) == 4 and float(got["tp_rate"]) == 1.0
+        np.testing.assert_allclose(got["positions"], want.positions_A, atol=5e-3)
