@@ -1,0 +1,433 @@
+"""Interaction modes vs particle size on PRISM HAADF tilt series (LOT Figs. 4 and 6).
+
+For every particle radius, an Au fcc sphere (rotated off the zone axes) is simulated
+once with abTEM PRISM (noise-free, cached in ``benchmarks/cache/`` by
+``bench_reconstruct.make_series``); Poisson noise at the requested dose is then drawn
+from the cached expected images, exactly as ``simulate_haadf(dose_e_per_A2=...)``
+would draw it for the same seed. Each series is reconstructed with every interaction
+mode, one after the other in the same process, and the script reports per size × mode
+the matched atoms, TP/FP at 0.75 Å, RMSD (pm), the deviation distribution, the mean
+R-factor, the wall time in seconds and as a ratio to direct mode of the same size, and
+how much the loss still fell in the last phase (convergence).
+
+    # simulate the series first (cached), then fit; the lock keeps benchmarks apart
+    flock /tmp/atomjax_bench.lock python benchmarks/bench_modes.py --simulate-only
+    flock /tmp/atomjax_bench.lock python benchmarks/bench_modes.py
+    # smoke run (small particle, few steps; writes to /tmp)
+    flock /tmp/atomjax_bench.lock python benchmarks/bench_modes.py --quick
+
+Writes ``benchmarks/results_modes_size.json`` and ``benchmarks/modes_size.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+import atomjax
+from atomjax.data import TiltSeries
+from atomjax.metrics import r_factor_series
+from atomjax.outputs import to_jsonable
+from atomjax.reconstruct import ReconstructConfig, reconstruct
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_reconstruct import HERE, PROBE, make_series  # noqa: E402
+
+MODES = ("direct", "rigid", "adaptive", "adaptive-physical")
+# ablation: rigid with one slice, the in-focus probe at every depth (probe shape, no depth)
+EXTRA_MODES = ("rigid-flat",)
+ROOT = HERE.parent
+
+
+# ------------------------------------------------------------------------ series
+
+
+def series_args(radius_A: float, args) -> argparse.Namespace:
+    """The settings ``bench_reconstruct.make_series`` expects, for a noise-free series."""
+    return argparse.Namespace(
+        protocol="prism",
+        element=args.element,
+        radius=radius_A,
+        tilts=args.tilts,
+        pixel_size_A=args.pixel_size_A,
+        dose_e_per_A2=0.0,
+        noise_std_rel=0.0,
+        seed=args.seed,
+    )
+
+
+def with_poisson_noise(clean: TiltSeries, dose_e_per_A2: float, seed: int) -> TiltSeries:
+    """Counts ~ Poisson(clean · dose · pixel²), as ``simulate_haadf`` draws them.
+
+    ``simulate_haadf`` (no drift) draws its noise from a fresh ``default_rng(seed)``
+    applied to the clipped expected counts, so this reproduces its noisy series for the
+    same seed without simulating again.
+    """
+    if not dose_e_per_A2:
+        return clean
+    counts_per_unit = dose_e_per_A2 * clean.pixel_size_A**2
+    expected = np.clip(clean.images * counts_per_unit, 0.0, None)
+    images = np.random.default_rng(seed).poisson(expected).astype(float)
+    provenance = dict(
+        clean.provenance,
+        dose_e_per_A2=dose_e_per_A2,
+        image_units="electron counts",
+        counts_per_unit_image=counts_per_unit,
+        noise_added_by="benchmarks/bench_modes.py (Poisson, from the cached expected images)",
+    )
+    return dataclasses.replace(
+        clean, images=images, dose_e_per_A2=dose_e_per_A2, provenance=provenance
+    )
+
+
+def noise_summary(clean: TiltSeries, noisy: TiltSeries) -> dict:
+    """How large the Poisson noise is next to the signal, in counts."""
+    if noisy is clean:
+        return {"dose_e_per_A2": None}
+    scale = noisy.provenance["counts_per_unit_image"]
+    expected = np.clip(clean.images * scale, 0.0, None)
+    noise = noisy.images - expected
+    signal = expected - np.median(expected[:, :3, :])  # vacuum: the top rows
+    peak = float(expected.max())
+    # the R-factor a perfect model reaches: the expected images against the noisy ones
+    lo, hi = noisy.images.min(), noisy.images.max()
+    r_truth = r_factor_series((noisy.images - lo) / (hi - lo), (expected - lo) / (hi - lo))
+    return {
+        "dose_e_per_A2": noisy.dose_e_per_A2,
+        "r_factor_of_expected_images": r_truth.mean,
+        "counts_per_unit_image": scale,
+        "peak_expected_counts": peak,
+        "vacuum_expected_counts": float(np.median(expected[:, :3, :])),
+        "relative_noise_at_peak": 1.0 / np.sqrt(peak),
+        "noise_rms_over_signal_rms": float(np.sqrt(np.mean(noise**2) / np.mean(signal**2))),
+        "noise_rms_over_signal_rms_in_particle": float(
+            np.sqrt(
+                np.mean(noise[expected > 0.1 * peak] ** 2)
+                / np.mean(signal[expected > 0.1 * peak] ** 2)
+            )
+        ),
+    }
+
+
+def load_series(radius_A: float, args) -> tuple[TiltSeries, TiltSeries, pathlib.Path, float]:
+    """(clean, noisy, cache file, simulation seconds per angle) for one radius."""
+    t0 = time.perf_counter()
+    clean, path = make_series(series_args(radius_A, args))
+    loaded_s = time.perf_counter() - t0
+    sim_s = float(clean.provenance.get("seconds_per_angle") or np.nan)
+    print(
+        f"r = {radius_A:g} Å: {path.name}: {clean.n_angles} images {clean.image_shape}, "
+        f"{len(clean.atoms_positions_A)} atoms; PRISM {sim_s:.1f} s per angle "
+        f"(this call {loaded_s:.1f} s)",
+        flush=True,
+    )
+    return clean, with_poisson_noise(clean, args.dose_e_per_A2, args.seed), path, sim_s
+
+
+# ------------------------------------------------------------------------ fits
+
+
+def mode_config(mode_name: str, series: TiltSeries, args) -> ReconstructConfig:
+    """``adaptive-physical``: adaptive mode with the physical probe fit; ``rigid-flat``:
+    rigid mode with one slice (the probe at focus convolves every atom)."""
+    mode, _, variant = mode_name.partition("-")
+    return ReconstructConfig(
+        mode=mode,
+        probe_fit="physical" if variant == "physical" else "pixel",
+        n_slices=1 if variant == "flat" else None,
+        probe=PROBE if series.probe is None else None,
+        seed=args.seed,
+        optim={"n_phases": args.phases, "steps_per_phase": args.steps},
+    )
+
+
+def convergence(history: dict, steps_per_phase: int) -> dict:
+    """Relative loss drop over the last phase and over its last quarter."""
+    loss = np.asarray([np.nan if x is None else x for x in history["loss"]], float)
+    last = loss[-steps_per_phase:]
+    q = max(1, steps_per_phase // 4)
+    return {
+        "loss_final": float(last[-1]),
+        "last_phase_rel_drop": float((last[0] - last[-1]) / last[-1]),
+        "last_quarter_rel_drop": float((last[-q - 1] - last[-1]) / last[-1]),
+    }
+
+
+def run_one(series: TiltSeries, radius_A: float, mode_name: str, args) -> dict:
+    out_dir = pathlib.Path(args.runs_dir) / f"r{radius_A:g}_dose{args.dose_e_per_A2:g}" / mode_name
+    config = mode_config(mode_name, series, args)
+    t0 = time.perf_counter()
+    result = reconstruct(series, config, out_dir=out_dir, progress=False, figures=False)
+    wall_s = time.perf_counter() - t0
+    rep = result.report
+    m = rep["metrics"]
+    hist = m.get("deviation_histogram") or {}
+    return {
+        "radius_A": radius_A,
+        "mode": mode_name,
+        "n_truth": m["n_truth"],
+        "n_found": m["n_found"],
+        "n_matched": m["n_matched"],
+        "tp_rate": m["tp_rate"],
+        "fp_rate": m["fp_rate"],
+        "rmsd_pm": m["rmsd_pm"],
+        "aet_rmsd_pm": (m.get("aet_score") or {}).get("rmsd_pm"),
+        "mean_deviation_pm": m["mean_deviation_pm"],
+        "deviation_percentiles_pm": hist.get("percentiles_pm"),
+        "deviation_histogram": {k: hist.get(k) for k in ("bin_edges_pm", "counts")},
+        "r_factor": rep["r_factor"]["mean"],
+        "run_time_s": rep["run_time_s"],
+        "wall_s": wall_s,
+        "n_slices": rep["imaging_setup"]["n_slices"],
+        "convergence": convergence(rep["history"], args.steps),
+        "probe": rep["probe"],
+        "out_dir": str(out_dir),
+    }
+
+
+# ------------------------------------------------------------------------ output
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'r (Å)':>5} {'atoms':>5} {'mode':17s} {'found':>5} {'TP':>5} {'FP':>5} "
+        f"{'RMSD pm':>7} {'R':>6} {'time s':>7} {'× dir':>5} {'last-phase drop':>15}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        rmsd = r["rmsd_pm"] if r["rmsd_pm"] is not None else float("nan")
+        print(
+            f"{r['radius_A']:5g} {r['n_truth']:5d} {r['mode']:17s} {r['n_found']:5d} "
+            f"{r['tp_rate']:5.3f} {r['fp_rate']:5.3f} {rmsd:7.2f} {r['r_factor']:6.3f} "
+            f"{r['run_time_s']:7.1f} {r['time_ratio_to_direct'] or float('nan'):5.2f} "
+            f"{r['convergence']['last_phase_rel_drop']:15.2e}"
+        )
+
+
+def make_figure(rows: list[dict], modes: list[str], path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    panels = [
+        ("rmsd_pm", "RMSD (pm)"),
+        ("r_factor", "R-factor (mean over images)"),
+        ("time_ratio_to_direct", "wall time / direct mode"),
+    ]
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        for mode in modes:
+            sel = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["n_truth"])
+            x = [r["n_truth"] for r in sel]
+            y = [np.nan if r[key] is None else r[key] for r in sel]
+            ax.plot(x, y, "o--" if mode in EXTRA_MODES else "o-", label=mode)
+        ax.set_xlabel("number of atoms")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    # the counterpart of LOT Fig. 4: deviation distribution at the largest particle
+    ax = axes.flat[3]
+    largest = max(r["n_truth"] for r in rows)
+    for mode in modes:
+        for r in rows:
+            if r["mode"] == mode and r["n_truth"] == largest and r["deviation_histogram"]["counts"]:
+                edges = np.asarray(r["deviation_histogram"]["bin_edges_pm"])
+                style = "--" if mode in EXTRA_MODES else "-"
+                ax.stairs(r["deviation_histogram"]["counts"], edges, ls=style, label=mode)
+    ax.set_xlim(0, 6)
+    ax.set_xlabel(f"|deviation| (pm), {largest} atoms")
+    ax.set_ylabel("matched atoms per 1 pm bin")
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------ main
+
+
+def sources_sha256() -> str:
+    """One hash over the installed atomjax sources (the package changes between runs)."""
+    h = hashlib.sha256()
+    for f in sorted(pathlib.Path(atomjax.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def size_record(r: float, clean: TiltSeries, noisy: TiltSeries, path, sim_s: float) -> dict:
+    return {
+        "radius_A": r,
+        "n_atoms": len(clean.atoms_positions_A),
+        "cache_file": path.name,
+        "image_shape": list(clean.image_shape),
+        "simulation_s_per_angle": sim_s,
+        "potential_gpts": clean.provenance.get("potential_gpts"),
+        "n_potential_slices": clean.provenance.get("n_slices"),
+        "noise": noise_summary(clean, noisy),
+    }
+
+
+def merge_rows(old: dict, new_rows: list[dict], run: int) -> tuple[list[dict], list[dict]]:
+    """Rows of ``new_rows`` for (radius, mode) pairs ``old`` lacks are added; the others
+    (e.g. direct, re-run as this run's time reference) are returned as repeats."""
+    have = {(r["radius_A"], r["mode"]) for r in old["rows"]}
+    added = [r for r in new_rows if (r["radius_A"], r["mode"]) not in have]
+    repeats = [r for r in new_rows if (r["radius_A"], r["mode"]) in have]
+    for r in new_rows:
+        r["run"] = run
+    return added, repeats
+
+
+def write_outputs(result: dict, out: pathlib.Path, figure: pathlib.Path, write_json=True) -> None:
+    """Sort the rows, print the table, write the JSON and draw the figure."""
+    order = MODES + EXTRA_MODES
+    result["rows"].sort(key=lambda r: (r["radius_A"], order.index(r["mode"])))
+    print()
+    print_table(result["rows"])
+    if write_json:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(to_jsonable(result), indent=2))
+    s = result["settings"]
+    title = (
+        f"Au fcc spheres, PRISM HAADF, {s['tilts']}° tilts, {s['pixel_size_A']:g} Å pixels, "
+        f"dose {s['dose_e_per_A2']:g} e/Å², {s['phases']}×{s['steps']} steps"
+    )
+    present = [m for m in order if any(r["mode"] == m for r in result["rows"])]
+    make_figure(result["rows"], present, figure, title)
+    print(f"wrote {out if write_json else ''} {figure}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--radii", default="6,8,10,12", help="particle radii in Å (comma list)")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma list of " + ",".join(MODES + EXTRA_MODES) + " (direct first: time reference)",
+    )
+    p.add_argument("--element", default="Au")
+    p.add_argument("--tilts", default="-70:70:10", help="start:stop:step in degrees")
+    p.add_argument("--pixel-size-A", type=float, default=0.4)
+    p.add_argument(
+        "--dose-e-per-A2", type=float, default=5e4, help="per image; 0: no Poisson noise"
+    )
+    p.add_argument("--phases", type=int, default=10)
+    p.add_argument("--steps", type=int, default=300, help="steps per phase")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--simulate-only", action="store_true", help="fill the cache, fit nothing")
+    p.add_argument("--quick", action="store_true", help="r = 5 Å, 2 × 20 steps, output in /tmp")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's rows to the existing --out JSON (same settings); modes already "
+        "there (e.g. direct, re-run as the time reference) are kept as repeats",
+    )
+    p.add_argument("--out", default=None, help="JSON (default benchmarks/results_modes_size.json)")
+    p.add_argument("--figure", default=None, help="PNG (default benchmarks/modes_size.png)")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_modes"))
+    p.add_argument("--replot", action="store_true", help="redraw --figure from --out; no fits")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.radii, args.phases, args.steps = "5", 2, 20
+        args.runs_dir = "/tmp/atomjax_bench_modes_quick/runs"
+    default_dir = pathlib.Path("/tmp/atomjax_bench_modes_quick") if args.quick else HERE
+    out = pathlib.Path(args.out or default_dir / "results_modes_size.json")
+    figure = pathlib.Path(args.figure or default_dir / "modes_size.png")
+    radii = [float(r) for r in args.radii.split(",")]
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES + EXTRA_MODES:
+            p.error(f"unknown mode {mode!r}; choose from {MODES + EXTRA_MODES}")
+    if args.replot:
+        write_outputs(json.loads(out.read_text()), out, figure, write_json=False)
+        return
+    old = json.loads(out.read_text()) if args.append else None
+    if old is not None:
+        for key in ("tilts", "pixel_size_A", "dose_e_per_A2", "phases", "steps", "seed"):
+            if old["settings"][key] != getattr(args, key):
+                p.error(f"--append: {key} {getattr(args, key)} differs from {out}'s")
+
+    series = {r: load_series(r, args) for r in radii}
+    if args.simulate_only:
+        return
+    run = len(old["runs"]) if old else 0
+    run_record = {
+        "run": run,
+        "command": " ".join(["python", "benchmarks/bench_modes.py", *(argv or sys.argv[1:])]),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jax_devices": [str(d) for d in jax.devices()],
+        },
+        "modes": modes,
+        "atomjax_sources_sha256": sources_sha256(),
+    }
+    t_start = time.perf_counter()
+    rows, sizes = [], []
+    for r in radii:
+        clean, noisy, path, sim_s = series[r]
+        sizes.append(size_record(r, clean, noisy, path, sim_s))
+        print(f"noise at r = {r:g} Å: {sizes[-1]['noise']}", flush=True)
+        direct_s = None
+        for mode in modes:
+            row = run_one(noisy, r, mode, args)
+            if mode == "direct":
+                direct_s = row["run_time_s"]
+            row["time_ratio_to_direct"] = row["run_time_s"] / direct_s if direct_s else None
+            row["time_ratio_reference_run"] = run if direct_s else None
+            rows.append(row)
+            print(
+                f"  {mode:17s} found {row['n_found']}/{row['n_truth']} TP {row['tp_rate']:.3f} "
+                f"RMSD {row['rmsd_pm'] or float('nan'):.2f} pm R {row['r_factor']:.4f} "
+                f"{row['run_time_s']:.1f} s; last-phase loss drop "
+                f"{row['convergence']['last_phase_rel_drop']:.1e}",
+                flush=True,
+            )
+    run_record["fit_total_s"] = time.perf_counter() - t_start
+    if old is not None:
+        added, repeats = merge_rows(old, rows, run)
+        run_record["repeated_rows"] = repeats
+        old["runs"].append(run_record)
+        old["rows"].extend(added)
+        result = old
+    else:
+        for row in rows:
+            row["run"] = 0
+        probe = clean.provenance
+        result = {
+            "benchmark": "interaction modes vs particle size (PRISM HAADF)",
+            "settings": {
+                **{k: v for k, v in vars(args).items() if k not in ("runs_dir", "append")},
+                "probe": PROBE,
+                "detector_mrad": probe.get("detector_mrad"),
+                "potential_sampling_A": probe.get("potential_sampling_A"),
+                "simulation_slice_thickness_A": probe.get("slice_thickness_A"),
+                "simulation_method": probe.get("method"),
+                "abtem_version": probe.get("abtem_version"),
+                "match_cutoff_A": 0.75,
+            },
+            "runs": [run_record],
+            "sizes": sizes,
+            "rows": rows,
+        }
+    write_outputs(result, out, figure)
+    print(f"fits: {run_record['fit_total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
