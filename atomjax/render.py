@@ -353,10 +353,10 @@ def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
         k_idx, k_w = geometry.linear_slice_weights(
             uvw[:, 2], setup.n_slices, setup.slice_thickness_A
         )
-        weights = jnp.einsum("ns,nsr->nr", k_w, basis[k_idx])  # (n, R): basis at each depth
-        rank = basis.shape[1]
-        index = jnp.broadcast_to(jnp.arange(rank, dtype=jnp.int32), weights.shape)
-        channels = splat(uvw, width, amp, index, weights, rank, setup)
+        # splat into the slices as the full model does (two windows per atom), then
+        # combine the slices into the R channels before the FFTs: R transforms, not n
+        slices = splat(uvw, width, amp, k_idx, k_w, setup.n_slices, setup)
+        channels = jnp.einsum("kr,kuv->ruv", basis, slices)
         image_ft = jnp.sum(probe_ft * jnp.fft.rfft2(channels), axis=0)
         return jnp.fft.irfft2(image_ft, s=setup.image_shape)
     k_idx, k_w = _slice_assignment(uvw[:, 2], setup, direct)

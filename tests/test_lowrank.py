@@ -48,8 +48,8 @@ def test_error_falls_with_rank_and_follows_the_stack_error():
         got = np.asarray(render_series(atoms, euler, drift, probe, low))
         image_errors.append(np.linalg.norm(got - want) / np.linalg.norm(want))
         stack_errors.append(depth_rank_error(probe.stack, low.depth_basis))
-    assert all(a > b for a, b in zip(image_errors, image_errors[1:]))
-    assert all(a > b for a, b in zip(stack_errors, stack_errors[1:]))
+    assert all(a > b for a, b in zip(image_errors, image_errors[1:], strict=False))
+    assert all(a > b for a, b in zip(stack_errors, stack_errors[1:], strict=False))
     assert image_errors[3] < 1e-2  # 4 components for 12 slices of a 25 mrad probe
     assert image_errors[-1] <= 1.5 * stack_errors[-1] + 1e-12
 
