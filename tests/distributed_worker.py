@@ -43,7 +43,8 @@ def tiny_series():
 RECONSTRUCT = {
     "mode": "rigid",
     "probe": {"energy_eV": 300e3, "semiangle_mrad": 25.0},
-    "optim": {"n_phases": 2, "steps_per_phase": 20},
+    "optim": {"n_phases": 2, "steps_per_phase": 5},
+    "angle_chunk": 4,
     "checkpoint": False,
 }
 
@@ -59,6 +60,7 @@ def reconstruct_sharded(out: str) -> None:
         n_devices=len(jax.devices()),
         positions=result.positions_A,
         tp_rate=result.report["metrics"]["tp_rate"],
+        loss=np.asarray(result.report["history"]["loss"], dtype=float),
     )
 
 

@@ -36,6 +36,18 @@ def problem():
     return atoms, setup, euler, probes, drift, background, observed
 
 
+def assert_same_atoms(got_A, want_A, atol_A):
+    """The same atoms, in any order: one-to-one, every pair closer than atol_A."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    got_A, want_A = np.asarray(got_A), np.asarray(want_A)
+    assert got_A.shape == want_A.shape
+    d = cdist(got_A, want_A)
+    rows, cols = linear_sum_assignment(d)
+    assert d[rows, cols].max() < atol_A
+
+
 @pytest.mark.parametrize("kind", ["direct", "rigid", "physical_per_image"])
 @pytest.mark.parametrize("loss", ["mse", "l1"])
 def test_sharded_loss_and_gradients_equal_single_device(problem, kind, loss):
@@ -128,8 +140,8 @@ def test_reconstruction_sharded_over_devices_equals_one_device(mode):
     # the loss and gradients agree to 1e-10 (above); over 40 Adam steps the rounding of a
     # different summation order grows where gradients are ~0 (Adam divides by their
     # size), to ~1e-3 Å here: far below the accuracy that matters (pm)
-    np.testing.assert_allclose(four.positions_A, one.positions_A, atol=5e-3)
-    np.testing.assert_allclose(four.amplitudes, one.amplitudes, rtol=1e-2)
+    assert_same_atoms(four.positions_A, one.positions_A, 5e-3)
+    np.testing.assert_allclose(np.sort(four.amplitudes), np.sort(one.amplitudes), rtol=1e-2)
     np.testing.assert_allclose(four.report["background"], one.report["background"], atol=1e-4)
     assert len(four.report["drift_A"]) == series.n_angles  # padding removed
     if mode == "adaptive":
@@ -208,4 +220,7 @@ def test_reconstruction_over_two_processes_equals_one_process(tmp_path):
     want = reconstruct(worker.tiny_series(), worker.RECONSTRUCT, progress=False)
     for got in _run_two_processes(tmp_path, "reconstruct"):
         assert int(got["n_devices"]) == 4 and float(got["tp_rate"]) == 1.0
-        np.testing.assert_allclose(got["positions"], want.positions_A, atol=5e-3)
+        # a few steps (merge, prune, add between the phases): Adam amplifies rounding
+        # where gradients are ~0, so longer fits drift apart by more than this
+        np.testing.assert_allclose(got["loss"], want.report["history"]["loss"], rtol=1e-6)
+        assert_same_atoms(got["positions"], want.positions_A, 1e-3)
