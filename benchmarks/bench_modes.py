@@ -40,7 +40,7 @@ from atomjax.outputs import to_jsonable
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_reconstruct import HERE, PROBE, make_series  # noqa: E402
+from bench_reconstruct import HERE, PROBE, make_series, metric_columns  # noqa: E402
 
 MODES = ("direct", "rigid", "adaptive", "adaptive-physical")
 # ablation: rigid with one slice, the in-focus probe at every depth (probe shape, no depth)
@@ -174,13 +174,7 @@ def run_one(series: TiltSeries, radius_A: float, mode_name: str, args) -> dict:
     return {
         "radius_A": radius_A,
         "mode": mode_name,
-        "n_truth": m["n_truth"],
-        "n_found": m["n_found"],
-        "n_matched": m["n_matched"],
-        "tp_rate": m["tp_rate"],
-        "fp_rate": m["fp_rate"],
-        "rmsd_pm": m["rmsd_pm"],
-        "aet_rmsd_pm": (m.get("aet_score") or {}).get("rmsd_pm"),
+        **metric_columns(m),
         "mean_deviation_pm": m["mean_deviation_pm"],
         "deviation_percentiles_pm": hist.get("percentiles_pm"),
         "deviation_histogram": {k: hist.get(k) for k in ("bin_edges_pm", "counts")},
