@@ -105,17 +105,28 @@ class TiltSeries:
         return dataclasses.replace(self, **changes)
 
 
-def normalise_series(images) -> np.ndarray:
+def normalise_series(images, keep_zero: bool = False) -> np.ndarray:
     """Scale a whole tilt series to [0, 1] with one offset and one scale (LOT eq. 6).
 
     (I - min) / (max - min) over all images: eq. 6 as printed divides by the raw
     maximum, which reaches 1 only when the minimum is 0; we divide by the range so the
     stated intent, [0, 1], holds. Relative intensities between images are kept.
+
+    keep_zero: I / max, with no offset (counts for a Poisson likelihood, whose zero
+    level matters); the images must then be non-negative.
     """
     images = np.asarray(images, dtype=float)
     if not np.all(np.isfinite(images)):
         raise ValueError("images contain NaN or infinite values")
     lo, hi = images.min(), images.max()
+    if keep_zero:
+        if lo < 0:
+            bad = np.unique(np.nonzero(images < 0)[0])
+            raise ValueError(
+                f"images {bad.tolist()[:10]} have negative values (min {lo:g}): a Poisson "
+                "likelihood needs counts; use loss 'mse' for background-subtracted data"
+            )
+        lo = 0.0
     if hi <= lo:
         raise ValueError("images are constant: cannot normalise a tilt series with no contrast")
     return (images - lo) / (hi - lo)

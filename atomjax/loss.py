@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax.scipy.special import xlogy
 from jaxtyping import Array, Float
+
+POISSON_FLOOR = 1e-6  # model intensities are clipped here before the logarithm
 
 
 def mse(observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv"]) -> Array:
@@ -16,6 +19,20 @@ def l1(observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv"]) -
     return jnp.mean(jnp.abs(observed - calculated))
 
 
+def poisson(observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv"]) -> Array:
+    """Mean Poisson deviance / 2 per pixel: mean(c - o + o·log(o / c)).
+
+    The negative log-likelihood of counts ``o`` with expected values ``c``, up to a
+    constant, so 0 at c = o and ≥ 0 everywhere. Valid for counts known up to one scale
+    (no offset): the reconstruction then normalises by the maximum only. Its gradient
+    1 - o / c weighs each pixel by 1 / c, as the Poisson variance asks. ``c`` is clipped
+    at ``POISSON_FLOOR`` (where the gradient stops), so a model that dips to or below 0
+    gives a finite loss.
+    """
+    c = jnp.maximum(calculated, POISSON_FLOOR)
+    return jnp.mean(c - observed + xlogy(observed, observed) - xlogy(observed, c))
+
+
 def r_factor(
     observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv"]
 ) -> Float[Array, " m"]:
@@ -24,11 +41,12 @@ def r_factor(
     return num / jnp.sum(jnp.abs(observed), axis=(-2, -1))
 
 
-LOSSES = {"mse": mse, "l1": l1}
+LOSSES = {"mse": mse, "l1": l1, "poisson": poisson}
+NEEDS_COUNTS = ("poisson",)  # losses that need the data's zero level kept
 
 
 def get_loss(name: str):
-    """A loss function by name ('mse' or 'l1')."""
+    """A loss function by name ('mse', 'l1' or 'poisson')."""
     try:
         return LOSSES[name]
     except KeyError:

@@ -164,7 +164,7 @@ def sharded_loss(
     observed (m_pad, nu, nv), euler_rad (m_pad, 3), weights (m_pad,) with m_pad a
     multiple of the mesh size (:func:`pad_to_mesh`, :func:`image_weights`); params'
     per-image leaves padded the same way. The result is the weighted mean of the
-    per-image losses, which for the MSE and L1 losses equals the single-device loss of
+    per-image losses, which for the MSE, L1 and Poisson losses equals the single-device loss of
     the real images. batch_per_device: score a random subset of each device's images
     (``key`` drawn per device), as mini-batches of ``batch_per_device`` × devices.
     """

@@ -49,7 +49,7 @@ def assert_same_atoms(got_A, want_A, atol_A):
 
 
 @pytest.mark.parametrize("kind", ["direct", "rigid", "physical_per_image"])
-@pytest.mark.parametrize("loss", ["mse", "l1"])
+@pytest.mark.parametrize("loss", ["mse", "l1", "poisson"])
 def test_sharded_loss_and_gradients_equal_single_device(problem, kind, loss):
     atoms, setup, euler, probes, drift, background, observed = problem
     params = Params(atoms, drift, probes[kind], background)
