@@ -59,6 +59,9 @@ __all__ = [
 AMPLITUDE_RULES = ("sum", "mean")
 
 
+RESIDUALS = ("signed", "positive")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
     """Settings of :func:`adapt_atoms`."""
@@ -71,6 +74,15 @@ class AdaptConfig:
     add_fraction: float = 0.5  # add a candidate scoring ≥ add_fraction × median H of the atoms
     max_add_fraction: float = 0.2  # add at most this fraction of the atom count (at least 1)
     max_add_distance_A: float | None = 4.0  # ignore candidates farther from every atom (vacuum)
+    # the residual searched for missing atoms: "signed" (noise averages out over the
+    # tilts) or "positive" (clipped at 0 first: blind to nearby over-fitted atoms, but
+    # shot noise then adds up to a bias that passes for atoms in noisy data)
+    residual: str = "signed"
+    # ... and must exceed this many robust standard deviations of its back-projection
+    add_sigma: float = 5.0
+    # divide the back-projected residual by the fraction of images that see each voxel
+    # (a film past the crop: atoms only the high tilts see can still reach the cut)
+    coverage: bool = False
 
     def __post_init__(self):
         _check_positive_finite("min_distance_A", self.min_distance_A)
@@ -86,6 +98,11 @@ class AdaptConfig:
         _check_fraction("max_add_fraction", self.max_add_fraction)
         if self.max_add_distance_A is not None:
             _check_positive_finite("max_add_distance_A", self.max_add_distance_A)
+        _check_nonnegative_finite("add_sigma", self.add_sigma)
+        if not isinstance(self.coverage, (bool, np.bool_)):
+            raise ValueError(f"coverage must be a bool, got {self.coverage!r}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
 
 
 class AdaptResult(NamedTuple):

@@ -65,6 +65,19 @@ def _launch(name: str, task: Callable[[dict[str, Any], pathlib.Path], Any]) -> N
     app()
 
 
+def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings ``atomjax-<name> <overrides>`` would run with, as a plain dict.
+
+    For scripts and tests that call the tasks directly, e.g. a benchmark that runs a
+    preset: ``reconstruct_task(compose("reconstruct", ["+experiment=asi_208"]), out)``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return _plain(hydra_compose(config_name=name, overrides=list(overrides)))
+
+
 # ------------------------------------------------------------------------- tasks
 
 
@@ -89,7 +102,7 @@ def simulate_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> str:
 
 def reconstruct_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> dict[str, Any]:
     """Load or simulate the series, reconstruct it into out_dir, print the accuracy."""
-    from .pipeline import load_series, print_summary, reconstruct_config, summary
+    from .pipeline import config_from_settings, load_series, print_summary, summary
     from .reconstruct import reconstruct
 
     out = pathlib.Path(out_dir)
@@ -97,15 +110,7 @@ def reconstruct_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> dict[str, An
         import jax
 
         jax.distributed.initialize()
-    config = reconstruct_config(
-        cfg["mode"],
-        cfg["probe"],
-        cfg["init"],
-        cfg["optim"],
-        cfg["adapt"],
-        seed=cfg["seed"],
-        **cfg["reconstruct"],
-    )
+    config = config_from_settings(cfg)
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
     print(
         f"reconstructing {series.n_angles} images of {series.image_shape} px "

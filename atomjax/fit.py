@@ -66,6 +66,7 @@ class OptimConfig:
     lr_cs_A: float = 0.0
     lr_decay_per_phase: float = 0.8
     width_min_A2: float = 0.05
+    tie_widths: bool = False  # one width B for every atom (a single element), fitted
     nan_lr_factor: float = 0.5
     b1: float = 0.9
     b2: float = 0.999
@@ -90,6 +91,8 @@ class OptimConfig:
             raise ValueError(f"nan_lr_factor must lie in (0, 1), got {self.nan_lr_factor}")
         if not self.width_min_A2 > 0:
             raise ValueError(f"width_min_A2 must be positive, got {self.width_min_A2}")
+        if not isinstance(self.tie_widths, (bool, np.bool_)):
+            raise ValueError(f"tie_widths must be a bool, got {self.tie_widths!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> OptimConfig:
@@ -224,9 +227,21 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _project(diff, config: OptimConfig, setup: ImagingSetup):
+def tied(values, alive):
+    """Every entry set to the mean of the alive ones (one shared parameter)."""
+    mean = jnp.sum(jnp.where(alive, values, 0.0)) / jnp.maximum(jnp.sum(alive), 1)
+    return jnp.full_like(values, mean)
+
+
+def _project(diff, config: OptimConfig, setup: ImagingSetup, alive=None):
+    """Keep the parameters feasible: widths in [width_min, max_width] (and tied to their
+    mean over the ``alive`` atoms with ``config.tie_widths``), amplitudes ≥ 0, per-image
+    focus offsets at zero mean."""
     atoms = diff.atoms
-    widths = jnp.clip(atoms.widths_A2, config.width_min_A2, setup.max_width_A2)
+    widths = atoms.widths_A2
+    if config.tie_widths:
+        widths = tied(widths, alive)
+    widths = jnp.clip(widths, config.width_min_A2, setup.max_width_A2)
     amps = jnp.maximum(atoms.amplitudes, 0.0)
     diff = eqx.tree_at(lambda d: (d.atoms.widths_A2, d.atoms.amplitudes), diff, (widths, amps))
     probe = diff.probe
@@ -327,7 +342,7 @@ def run_steps(
         loss, grads = jax.value_and_grad(f)(diff)
         updates, new_state = optimizer.update(grads, state, diff)
         updates = jax.tree.map(lambda u: u * (scale * lr_mult).astype(u.dtype), updates)
-        new_diff = _project(eqx.apply_updates(diff, updates), config, setup)
+        new_diff = _project(eqx.apply_updates(diff, updates), config, setup, static.atoms.alive)
         ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_diff)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         diff = keep(new_diff, diff)

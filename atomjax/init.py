@@ -7,7 +7,8 @@
 
 The support is where the Gaussian-smoothed tomogram exceeds ``support_fraction`` of
 its maximum. The tomogram is a cube whose side is the field of view
-min(nu, nv) · pixel_size_A, on the grid of :func:`atomjax.tomogram.volume_grid_A`.
+min(nu, nv) · pixel_size_A, or a box of ``box_A`` (x, y, z) Å (e.g. a film wider along
+one image axis than the other), on the grid of :func:`atomjax.tomogram.volume_grid_A`.
 Images are the normalised tilt series (values in [0, 1], see
 :func:`atomjax.data.normalise_series`); angles in degrees; drift_A may be None.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "METHODS",
     "InitConfig",
     "tomogram",
+    "volume_shape",
     "support_mask",
     "initial_positions",
     "initial_atoms",
@@ -53,6 +55,11 @@ class InitConfig:
       maximum and lie at least min_distance_A apart.
     n_random: number of random atoms; None: as many as the grid method would place.
     seed: random seed of the random method.
+    box_A: (x, y, z) size in Å of the volume searched for atoms (the tomogram, and the
+      residual searched for missing atoms); None: a cube of side min(nu, nv) · pixel.
+    field_of_view: reconstruct only voxels every image sees (no streaks in the cube's
+      corners); False lets initial atoms lie where only some images look (a film
+      extending past the crop, with a wide ``box_A``).
     """
 
     method: str = "peaks"
@@ -66,6 +73,8 @@ class InitConfig:
     min_distance_A: float = 1.8
     n_random: int | None = None
     seed: int = 0
+    box_A: tuple[float, float, float] | None = None
+    field_of_view: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -92,6 +101,15 @@ class InitConfig:
             raise ValueError(f"n_random must be None or a positive integer, got {self.n_random!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.box_A is not None:
+            box = tuple(float(b) for b in np.ravel(np.asarray(self.box_A, dtype=float)))
+            if len(box) != 3 or not all(math.isfinite(b) and b > 0 for b in box):
+                raise ValueError(
+                    f"box_A must be three positive sizes (x, y, z) in Å, got {self.box_A!r}"
+                )
+            object.__setattr__(self, "box_A", box)
+        if not isinstance(self.field_of_view, (bool, np.bool_)):
+            raise ValueError(f"field_of_view must be a bool, got {self.field_of_view!r}")
 
 
 def _check_config(config) -> InitConfig:
@@ -102,6 +120,16 @@ def _check_config(config) -> InitConfig:
     return config
 
 
+def volume_shape(
+    image_shape, pixel_size_A: float, voxel_size_A: float, box_A=None
+) -> tuple[int, int, int]:
+    """Voxels per axis of the searched volume: ``box_A`` (x, y, z) Å, or a cube of side
+    min(nu, nv) · pixel_size_A; each size / voxel_size_A rounded, at least 1."""
+    if box_A is None:
+        box_A = (min(image_shape) * pixel_size_A,) * 3
+    return tuple(max(1, int(round(b / voxel_size_A))) for b in box_A)
+
+
 def tomogram(
     images,
     euler_deg,
@@ -110,27 +138,27 @@ def tomogram(
     config: InitConfig | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """SIRT tomogram over a cube of side min(nu, nv) · pixel_size_A.
+    """SIRT tomogram over a cube of side min(nu, nv) · pixel_size_A, or config.box_A.
 
     The voxel count per axis is that side / config.voxel_size_A rounded to an integer
-    (at least 1). Returns (volume (n, n, n), voxel_size_A).
+    (at least 1, :func:`volume_shape`). Returns (volume (nx, ny, nz), voxel_size_A).
     """
     config = _check_config(config)
     images, euler_deg, drift, pixel_size_A = tomo.check_series(
         images, euler_deg, drift_A, pixel_size_A
     )
-    side_A = min(images.shape[1:]) * pixel_size_A
-    n = max(1, int(round(side_A / config.voxel_size_A)))
+    shape = volume_shape(images.shape[1:], pixel_size_A, config.voxel_size_A, config.box_A)
     volume = tomo.sirt(
         images,
         euler_deg,
         drift,
         pixel_size_A,
-        (n, n, n),
+        shape,
         config.voxel_size_A,
         n_iter=config.sirt_iterations,
         nonnegative=True,
         progress=progress,
+        field_of_view=config.field_of_view,
     )
     return volume, config.voxel_size_A
 

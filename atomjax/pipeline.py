@@ -235,6 +235,21 @@ def reconstruct_config(
     )
 
 
+def config_from_settings(cfg: dict[str, Any]) -> ReconstructConfig:
+    """The ReconstructConfig of a composed ``atomjax-reconstruct`` settings tree
+    (:func:`atomjax.apps.compose`): its groups mode, probe, init, optim, adapt, seed and
+    the ``reconstruct`` section."""
+    return reconstruct_config(
+        cfg["mode"],
+        cfg["probe"],
+        cfg["init"],
+        cfg["optim"],
+        cfg["adapt"],
+        seed=cfg["seed"],
+        **cfg["reconstruct"],
+    )
+
+
 def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value) rows of the accuracy table for a reconstruction report."""
     rows = [("atoms found", f"{report['n_atoms']}")]

@@ -8,7 +8,7 @@ The host-side driver around the jit-compiled phases of :mod:`atomjax.fit`:
    intensity;
 3. phases of optax steps; between phases, on the host, merge / prune / add
    (:mod:`atomjax.adapt`, candidates for missing atoms from the back-projected
-   positive residual), then a checkpoint;
+   residual, signed by default), then a checkpoint;
 4. outputs in the run folder: ``atoms.extxyz``, ``report.json`` (settings, loss
    history, R-factor per image, run time, atom count, metrics against ground truth
    when the series carries it) and figures.
@@ -37,6 +37,7 @@ from .atoms import Atoms
 from .data import TiltSeries, normalise_series
 from .fit import OptimConfig, Params, Rates, settings_from_dict
 from .init import InitConfig
+from .loss import NEEDS_COUNTS
 from .probe import ProbeSettings
 from .render import (
     MODES,
@@ -50,6 +51,8 @@ from .render import (
 )
 
 PROBE_FITS = ("pixel", "physical")
+BACKGROUND_INITS = ("border", "min", "zero")
+MIN_COVERAGE = 0.1  # adapt.coverage: voxels seen by fewer images count as seen by this fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,9 @@ class ReconstructConfig:
     depth_rank: render with R depth components instead of every slice (the low-rank
     depth interaction, :func:`atomjax.render.depth_basis` of the starting probe): R FFTs
     per image instead of n_slices; None: the full per-slice model.
+    background_init: the starting vacuum level per image (:func:`initial_background`):
+    "border" (median of a frame of border pixels: a particle in vacuum), "min" (the 1st
+    percentile: a film with no vacuum in view) or "zero".
     """
 
     mode: str = "direct"
@@ -86,6 +92,7 @@ class ReconstructConfig:
     depth_rank: int | None = None
     calibrate_amplitude: bool = True
     fit_background: bool = True
+    background_init: str = "border"
     adapt_between_phases: bool = True
     add_voxel_size_A: float = 0.5
     species: tuple[str, ...] | None = None
@@ -112,6 +119,10 @@ class ReconstructConfig:
         ):
             raise ValueError(
                 f"depth_rank must be a positive integer or None, got {self.depth_rank}"
+            )
+        if self.background_init not in BACKGROUND_INITS:
+            raise ValueError(
+                f"background_init must be one of {BACKGROUND_INITS}, got {self.background_init!r}"
             )
         if self.n_slices is not None and (int(self.n_slices) != self.n_slices or self.n_slices < 1):
             raise ValueError(f"n_slices must be a positive integer or None, got {self.n_slices}")
@@ -221,6 +232,18 @@ def estimate_background(images: np.ndarray, border_fraction: float = 0.06) -> np
     return np.median(images[:, frame], axis=1)
 
 
+def initial_background(images: np.ndarray, how: str = "border") -> np.ndarray:
+    """Starting vacuum level per image (m,): "border" (:func:`estimate_background`),
+    "min" (the 1st percentile of each image) or "zero"."""
+    if how == "border":
+        return estimate_background(images)
+    if how == "min":
+        return np.percentile(images, 1.0, axis=(1, 2))
+    if how == "zero":
+        return np.zeros(images.shape[0])
+    raise ValueError(f"background_init must be one of {BACKGROUND_INITS}, got {how!r}")
+
+
 def calibrate_amplitudes(atoms: Atoms, observed, euler_rad, drift_A, probe, setup) -> float:
     """The scale s minimising ||I_obs − s·I(atoms)||² (closed form)."""
     calc = render_series(atoms, euler_rad, drift_A, probe, setup)
@@ -258,16 +281,29 @@ def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, ra
     med_h = float(np.median(a["amplitudes"])) if a["amplitudes"].size else 0.0
     med_b = float(np.median(a["widths_A2"])) if a["widths_A2"].size else config.init.width_A2
     if config.adapt.add and med_h > 0:
-        resid = np.maximum(np.asarray(observed - params.images(euler_rad, setup)), 0.0)
-        nu, nv = setup.image_shape
-        n_vox = max(1, int(min(nu, nv) * setup.pixel_size_A / config.add_voxel_size_A))
-        shape = (n_vox, n_vox, n_vox)
-        points = tomogram.volume_grid_A(shape, config.add_voxel_size_A)
-        bp = tomogram.back_project(
-            resid, euler_rad, params.drift_A, setup.pixel_size_A, jnp.asarray(points, dtype)
+        resid = np.asarray(observed - params.images(euler_rad, setup))
+        if config.adapt.residual == "positive":
+            resid = np.maximum(resid, 0.0)
+        shape = init.volume_shape(
+            setup.image_shape, setup.pixel_size_A, config.add_voxel_size_A, config.init.box_A
         )
+        points = jnp.asarray(tomogram.volume_grid_A(shape, config.add_voxel_size_A), dtype)
+        bp = tomogram.back_project(resid, euler_rad, params.drift_A, setup.pixel_size_A, points)
         volume = np.asarray(bp).reshape(shape)
+        seen = np.ones(shape)
+        if config.adapt.coverage:  # the mean over the images that see each voxel
+            ones = jnp.ones_like(observed)
+            seen = np.asarray(
+                tomogram.back_project(ones, euler_rad, params.drift_A, setup.pixel_size_A, points)
+            ).reshape(shape)
+            seen = np.clip(seen, MIN_COVERAGE, None)
         peak = single_atom_peak(med_b, med_h, params.probe, setup, dtype)
+        # candidates must stand out of the residual's noise: add_sigma robust standard
+        # deviations (MAD) of the back-projection, whose noise bp / sqrt(coverage) has
+        # the same spread everywhere
+        z = volume / np.sqrt(seen)
+        noise = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+        volume = np.where(z >= config.adapt.add_sigma * noise, volume / seen, 0.0)
         floor = 0.5 * config.adapt.add_fraction * peak
         pos_c, val_c = tomogram.find_peaks(
             volume, config.add_voxel_size_A, floor, config.adapt.min_distance_A
@@ -440,7 +476,7 @@ def reconstruct(
         raise FileNotFoundError(f"no checkpoint to resume from in {ckpt}")
 
     dtype = jnp.asarray(0.0).dtype
-    observed_np = normalise_series(series.images)
+    observed_np = normalise_series(series.images, keep_zero=config.optim.loss in NEEDS_COUNTS)
     observed = jnp.asarray(observed_np, dtype)
     euler = jnp.asarray(series.euler_rad, dtype)
     m = series.n_angles
@@ -448,7 +484,7 @@ def reconstruct(
     probe = make_probe(series, config, setup)
     setup = with_depth_rank(setup, probe, config.depth_rank)
     drift0 = jnp.zeros((m, 3), dtype)
-    background = estimate_background(observed_np)
+    background = initial_background(observed_np, config.background_init)
     opt = config.optim
 
     if resume:

@@ -46,11 +46,7 @@ def _defaults(cls) -> dict:
     }
 
 
-def _build(cfg: dict) -> ReconstructConfig:
-    return pipeline.reconstruct_config(
-        cfg["mode"], cfg["probe"], cfg["init"], cfg["optim"], cfg["adapt"],
-        seed=cfg["seed"], **cfg["reconstruct"],
-    )  # fmt: skip
+_build = pipeline.config_from_settings
 
 
 # ------------------------------------------------------------------ the configs
@@ -125,6 +121,13 @@ def test_simulated_experiment_presets_are_what_they_say():
     assert wedge["data"]["noise_std_rel"] == 0.05
     prism = _compose("reconstruct", ["+experiment=modes_prism", "mode=rigid"])
     assert prism["data"]["protocol"] == "physical" and prism["mode"]["name"] == "rigid"
+
+
+def test_third_party_preset_reads_the_dataset_and_not_its_truth():
+    cfg = apps.compose("reconstruct", ["+experiment=asi_208"])
+    assert cfg["data"] == {**cfg["data"], "kind": "dataset", "name": "aSi_208", "truth": None}
+    config = _build(cfg)
+    assert config.mode == "direct" and config.adapt.residual == "signed"
 
 
 # ------------------------------------------------------------------ the pipeline

@@ -1,5 +1,6 @@
 """The jit-compiled fit: convergence, parameter groups, NaN steps, compiles, state edits."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +66,25 @@ def test_phase_recovers_known_atoms():
     assert err.max() < 0.01, err
     np.testing.assert_allclose(a["widths_A2"], 0.6, atol=0.01)
     np.testing.assert_allclose(a["amplitudes"], 0.3, rtol=0.02)
+
+
+def test_tied_widths_stay_one_value_and_fit_the_common_width():
+    truth, observed, params = _problem()
+    rng = np.random.default_rng(5)
+    widths = rng.uniform(0.4, 0.8, params.atoms.capacity)  # start unequal, dead slots too
+    params = eqx.tree_at(lambda p: p.atoms.widths_A2, params, jnp.asarray(widths))
+    config = fit.OptimConfig(steps_per_phase=150, tie_widths=True)
+    rates = fit.Rates.from_config(config, 0.25)
+    state = fit.init_state(params, config, rates)
+    for phase in range(2):
+        params, state, *_ = _phase(params, state, config, rates, observed, phase)
+    b = params.atoms.alive_numpy()["widths_A2"]
+    assert np.ptp(b) == 0.0  # one shared value ...
+    assert b[0] == pytest.approx(0.6, abs=0.01)  # ... the true common width
+    err = np.linalg.norm(params.atoms.alive_numpy()["positions_A"] - truth, axis=1)
+    assert err.max() < 0.01, err
+    with pytest.raises(ValueError, match="tie_widths"):
+        fit.OptimConfig(tie_widths="yes")
 
 
 def test_frozen_groups_do_not_move_and_widths_are_projected():
