@@ -81,7 +81,8 @@ class AdaptConfig:
     # ... and must exceed this many robust standard deviations of its back-projection
     add_sigma: float = 5.0
     # divide the back-projected residual by the fraction of images that see each voxel
-    # (a film past the crop: atoms only the high tilts see can still reach the cut)
+    # (a film past the crop: atoms only the high tilts see can still reach the cut; where
+    # few views look, their streaks can pass too)
     coverage: bool = False
 
     def __post_init__(self):

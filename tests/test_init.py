@@ -46,6 +46,20 @@ def test_tomogram_cube_covers_field_of_view(particle, volume):
     assert vox2 == 0.7 and vol2.shape == (14, 14, 14)  # round(40 · 0.25 / 0.7)
 
 
+def test_box_sizes_the_tomogram_and_field_of_view_can_be_widened(particle):
+    _, euler, images = particle
+    cfg = ainit.InitConfig(sirt_iterations=2, box_A=(20.0, 12.0, 6.0))
+    vol, _ = ainit.tomogram(images, euler, None, PX, cfg)
+    assert vol.shape == (40, 24, 12)  # the box / 0.5 Å voxels, not the 24³ cube
+    # voxels at |x| > 8 Å leave the 12 Å wide images at some tilts: zero by default,
+    # reconstructed (from the images that do see them) without the field-of-view test
+    outer = np.abs(np.arange(40) - 20) * 0.5 > 8.0
+    assert np.all(vol[outer] == 0)
+    wide, _ = ainit.tomogram(images, euler, None, PX, dataclasses.replace(cfg, field_of_view=False))
+    assert np.any(wide[outer] != 0)
+    assert ainit.volume_shape((48, 40), PX, 0.5) == (20, 20, 20)  # the narrower side
+
+
 def test_peaks_recover_every_atom_and_no_extra(particle):
     pts, euler, images = particle
     pos, widths, amps = ainit.initial_atoms(images, euler, None, PX, ainit.InitConfig())
@@ -129,6 +143,9 @@ def test_support_mask_threshold():
         ({"sirt_iterations": 2.5}, "sirt_iterations"),
         ({"n_random": 0}, "n_random"),
         ({"seed": -1}, "seed"),
+        ({"box_A": (10.0, 5.0)}, "box_A"),
+        ({"box_A": (10.0, -5.0, 4.0)}, "box_A"),
+        ({"field_of_view": "no"}, "field_of_view"),
     ],
 )
 def test_bad_config_raises(kwargs, message):
