@@ -303,11 +303,14 @@ def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, ra
         # the same spread everywhere
         z = volume / np.sqrt(seen)
         noise = 1.4826 * float(np.median(np.abs(z - np.median(z))))
-        volume = np.where(z >= config.adapt.add_sigma * noise, volume / seen, 0.0)
         floor = 0.5 * config.adapt.add_fraction * peak
         pos_c, val_c = tomogram.find_peaks(
-            volume, config.add_voxel_size_A, floor, config.adapt.min_distance_A
+            volume / seen, config.add_voxel_size_A, floor, config.adapt.min_distance_A
         )
+        vox = np.rint(np.asarray(pos_c) / config.add_voxel_size_A).astype(int)
+        vox = np.clip(vox + np.array([n // 2 for n in shape]), 0, np.array(shape) - 1)
+        loud = z[tuple(vox.T)] >= config.adapt.add_sigma * noise if len(vox) else []
+        pos_c, val_c = np.asarray(pos_c)[loud], np.asarray(val_c)[loud]
         candidates = (pos_c, np.asarray(val_c) * (med_h / peak))
     res = adapt.adapt_atoms(
         a["positions_A"],
