@@ -184,7 +184,7 @@ def support_mask(volume, voxel_size_A: float, fraction: float, smooth_A: float =
     return smooth > fraction * top
 
 
-def _voxel_index(points_A: np.ndarray, shape, voxel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
+def voxel_index(points_A: np.ndarray, shape, voxel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
     """Nearest voxel index (p, 3) of each point and whether it lies inside the volume."""
     centre = np.array([n // 2 for n in shape])
     idx = np.rint(points_A / voxel_size_A).astype(int) + centre
@@ -202,7 +202,7 @@ def _grid_points(mask: np.ndarray, voxel_size_A: float, spacing_A: float) -> np.
     ]
     grids = np.meshgrid(*axes, indexing="ij")
     points = np.stack([g.ravel() for g in grids], -1)
-    idx, inside = _voxel_index(points, mask.shape, voxel_size_A)
+    idx, inside = voxel_index(points, mask.shape, voxel_size_A)
     keep = inside.copy()
     keep[inside] = mask[tuple(idx[inside].T)]
     return points[keep]
@@ -240,7 +240,7 @@ def initial_positions(
             volume, voxel, config.peak_fraction * top, config.min_distance_A, refine=True
         )
         # noise peaks in the vacuum lie outside the support: keep peaks inside it
-        idx, inside = _voxel_index(positions, mask.shape, voxel)
+        idx, inside = voxel_index(positions, mask.shape, voxel)
         keep = inside.copy()
         keep[inside] = mask[tuple(idx[inside].T)]
         return positions[keep]

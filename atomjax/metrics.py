@@ -39,7 +39,7 @@ DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 # --------------------------------------------------------------------------- validation
 
 
-def _as_points(x: Any, name: str) -> np.ndarray:
+def as_points(x: Any, name: str) -> np.ndarray:
     """`x` as a finite float64 (n, 3) array with n >= 1, or a ValueError naming it."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 3:
@@ -201,8 +201,8 @@ def match_atoms(
     the offset moves by less than `tol_A` (at most `max_iter` re-matchings), as the AET
     pipeline does. Returned deviations are then about that offset (their mean is zero).
     """
-    found = _as_points(found_A, "found_A")
-    truth = _as_points(truth_A, "truth_A")
+    found = as_points(found_A, "found_A")
+    truth = as_points(truth_A, "truth_A")
     cutoff_A = _check_cutoff(cutoff_A)
     n, m = found.shape[0], truth.shape[0]
 
@@ -368,8 +368,8 @@ def aet_score(
     n_truth, matched_fraction, offset_A (mean found - truth after centring), n_iter,
     converged, cutoff_A.
     """
-    found = _as_points(found_A, "found_A")
-    truth = _as_points(truth_A, "truth_A")
+    found = as_points(found_A, "found_A")
+    truth = as_points(truth_A, "truth_A")
     cutoff_A = _check_cutoff(cutoff_A)
     f = found - found.mean(axis=0)
     t = truth - truth.mean(axis=0)

@@ -189,6 +189,19 @@ def resolve_angle_chunk(
     return dataclasses.replace(setup, angle_chunk=chunk)
 
 
+def observed_images(series: TiltSeries, config: ReconstructConfig) -> np.ndarray:
+    """The images as the fit sees them: normalised to [0, 1] (LOT eq. 6), or by the
+    maximum only when the loss needs the counts' zero level (Poisson)."""
+    return normalise_series(series.images, keep_zero=config.optim.loss in NEEDS_COUNTS)
+
+
+def model_images(result: Result, series: TiltSeries, config: ReconstructConfig) -> np.ndarray:
+    """The fitted model's images (m, nu, nv), on the scale of :func:`observed_images`."""
+    dtype = result.params.atoms.positions_A.dtype
+    euler = jnp.asarray(series.euler_rad, dtype)
+    return np.asarray(result.params.images(euler, make_setup(series, config)))
+
+
 def probe_settings(series: TiltSeries, config: ReconstructConfig) -> ProbeSettings | None:
     if config.probe:
         return ProbeSettings.from_dict(dict(config.probe))
@@ -307,9 +320,9 @@ def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, ra
         pos_c, val_c = tomogram.find_peaks(
             volume / seen, config.add_voxel_size_A, floor, config.adapt.min_distance_A
         )
-        vox = np.rint(np.asarray(pos_c) / config.add_voxel_size_A).astype(int)
-        vox = np.clip(vox + np.array([n // 2 for n in shape]), 0, np.array(shape) - 1)
-        loud = z[tuple(vox.T)] >= config.adapt.add_sigma * noise if len(vox) else []
+        vox, _ = init.voxel_index(np.asarray(pos_c), shape, config.add_voxel_size_A)
+        vox = np.clip(vox, 0, np.array(shape) - 1)  # a refined peak may sit on the edge
+        loud = z[tuple(vox.T)] >= config.adapt.add_sigma * noise
         pos_c, val_c = np.asarray(pos_c)[loud], np.asarray(val_c)[loud]
         candidates = (pos_c, np.asarray(val_c) * (med_h / peak))
     res = adapt.adapt_atoms(
@@ -460,13 +473,16 @@ def reconstruct(
     progress: bool = True,
     figures: bool = True,
     max_phases: int | None = None,
+    initial_positions_A=None,
 ) -> Result:
     """Fit atoms to ``series``; write the run folder ``out_dir`` if given.
 
     resume: continue from ``out_dir/checkpoint`` (same settings, same seed) — the
     result equals an uninterrupted run. max_phases: stop after this many phases in
     this call (e.g. to fit a cluster's time limit) and resume later; the returned
-    result then describes the atoms so far.
+    result then describes the atoms so far. initial_positions_A: (n, 3) starting atoms
+    instead of ``config.init``'s method (widths and amplitudes still from it), e.g. a
+    published model to refit with ``optim.lr_positions_A=0`` and no adapt step.
     """
     config = ReconstructConfig.from_dict(config)
     if not isinstance(series, TiltSeries):
@@ -479,7 +495,7 @@ def reconstruct(
         raise FileNotFoundError(f"no checkpoint to resume from in {ckpt}")
 
     dtype = jnp.asarray(0.0).dtype
-    observed_np = normalise_series(series.images, keep_zero=config.optim.loss in NEEDS_COUNTS)
+    observed_np = observed_images(series, config)
     observed = jnp.asarray(observed_np, dtype)
     euler = jnp.asarray(series.euler_rad, dtype)
     m = series.n_angles
@@ -505,9 +521,14 @@ def reconstruct(
         elapsed0 = float(meta.get("elapsed_s", 0.0))
     else:
         signal = observed_np - background[:, None, None]
-        pos, widths, amps = init.initial_atoms(
-            signal, series.euler_deg, None, series.pixel_size_A, config.init, progress=progress
-        )
+        if initial_positions_A is None:
+            pos, widths, amps = init.initial_atoms(
+                signal, series.euler_deg, None, series.pixel_size_A, config.init, progress
+            )
+        else:
+            pos = metrics.as_points(initial_positions_A, "initial_positions_A")
+            widths = np.full(len(pos), config.init.width_A2)
+            amps = np.full(len(pos), config.init.amplitude)
         if len(pos) == 0:
             raise ValueError(
                 "initialisation found no atoms; lower init.peak_fraction / support_fraction "

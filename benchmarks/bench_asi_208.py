@@ -125,20 +125,6 @@ def run_variant(name: str, overrides: list[str], args, run_dir: pathlib.Path) ->
     }
 
 
-def model_images(result, series, config) -> tuple[np.ndarray, np.ndarray]:
-    """(observed, model) normalised as the fit saw them."""
-    import jax.numpy as jnp
-
-    from atomjax.data import normalise_series
-    from atomjax.loss import NEEDS_COUNTS
-    from atomjax.reconstruct import make_setup
-
-    obs = normalise_series(series.images, keep_zero=config.optim.loss in NEEDS_COUNTS)
-    setup = make_setup(series, config)
-    calc = result.params.images(jnp.asarray(series.euler_rad), setup)
-    return obs, np.asarray(calc)
-
-
 def cramer_rao_pm(
     series, positions_A, width_A2, amplitude, background, counts_per_unit, chunk: int = 4
 ) -> dict:
@@ -191,8 +177,11 @@ def make_figure(path: pathlib.Path, runs: list[dict], rows: dict, truth: np.ndar
     import matplotlib.pyplot as plt
     from scipy.ndimage import gaussian_filter
 
+    from atomjax.reconstruct import model_images, observed_images
+
     best = runs[0]
-    obs, calc = model_images(best["result"], best["series"], best["config"])
+    obs = observed_images(best["series"], best["config"])
+    calc = model_images(best["result"], best["series"], best["config"])
     j = 0  # the 0° image
     fig = plt.figure(figsize=(15, 8.2))
     grid = fig.add_gridspec(2, 4)

@@ -159,89 +159,47 @@ def compose_settings(data_root, quick: bool = False, extra=()) -> dict[str, Any]
 
 def run_ours(cfg: dict[str, Any], series, run_dir: pathlib.Path | None, figures: bool = False):
     """The preset's reconstruction; returns (Result, observed, calculated, seconds)."""
-    import jax.numpy as jnp
-
-    from atomjax.data import normalise_series
     from atomjax.pipeline import config_from_settings
-    from atomjax.reconstruct import make_setup, reconstruct
+    from atomjax.reconstruct import model_images, observed_images, reconstruct
 
     config = config_from_settings(cfg)
     t0 = time.perf_counter()
     res = reconstruct(series, config, out_dir=run_dir, progress=bool(cfg.get("progress")),
                       figures=figures)  # fmt: skip
     seconds = time.perf_counter() - t0
-    dtype = res.params.atoms.positions_A.dtype
-    setup = make_setup(series, config)
-    obs = normalise_series(series.images, keep_zero=config.optim.loss == "poisson")
-    calc = np.asarray(res.params.images(jnp.asarray(series.euler_rad, dtype), setup))
-    return res, obs, calc, seconds
+    return res, observed_images(series, config), model_images(res, series, config), seconds
 
 
 def fit_fixed_positions(series, positions_A, cfg: dict[str, Any]):
-    """The published model's fair R-factor fit: positions frozen, per-atom width and
-    amplitude and per-image background fitted with the preset's optimiser and loss,
-    started as :func:`atomjax.reconstruct.reconstruct` starts (one least-squares
-    amplitude scale, border-median background). No merge, prune or add.
+    """The published model's fair R-factor fit: the preset's reconstruction started from
+    ``positions_A`` with the positions frozen (``lr_positions_A = 0``) and no merge,
+    prune or add, so per-atom width and amplitude and per-image background are fitted
+    with the same optimiser, loss, schedule and start (one least-squares amplitude
+    scale, the preset's background).
 
     Returns (params, observed, calculated, losses per phase (start, end), seconds).
     """
     import dataclasses
 
-    import jax
-    import jax.numpy as jnp
-
-    from atomjax import fit
-    from atomjax.atoms import Atoms
-    from atomjax.data import normalise_series
-    from atomjax.fit import Params, Rates
-    from atomjax.loss import NEEDS_COUNTS
     from atomjax.pipeline import config_from_settings
-    from atomjax.reconstruct import (
-        calibrate_amplitudes,
-        estimate_background,
-        make_setup,
-        resolve_angle_chunk,
-    )
+    from atomjax.reconstruct import model_images, observed_images, reconstruct
 
     config = config_from_settings(cfg)
-    opt = dataclasses.replace(config.optim, lr_positions_A=0.0)
     if config.mode != "direct":
         raise ValueError("the fixed-position fit is written for direct mode")
+    config = dataclasses.replace(
+        config,
+        optim=dataclasses.replace(config.optim, lr_positions_A=0.0),
+        adapt_between_phases=False,
+        checkpoint=False,
+    )
     t0 = time.perf_counter()
-    dtype = jnp.asarray(0.0).dtype
-    obs_np = normalise_series(series.images, keep_zero=opt.loss in NEEDS_COUNTS)
-    obs = jnp.asarray(obs_np, dtype)
-    euler = jnp.asarray(series.euler_rad, dtype)
-    m = series.n_angles
-    drift = jnp.zeros((m, 3), dtype)
-    setup = make_setup(series, config)
-    bg = estimate_background(obs_np)
-    pos = np.asarray(positions_A, float)
-    n = len(pos)
-    cap = n
-    atoms = Atoms.create(pos, config.init.width_A2, config.init.amplitude, capacity=cap,
-                         dtype=dtype)  # fmt: skip
-    signal = jnp.asarray(obs_np - bg[:, None, None], dtype)
-    scale = calibrate_amplitudes(atoms, signal, euler, drift, None, setup)
-    amps = np.full(n, config.init.amplitude * max(scale, 1e-12))
-    atoms = Atoms.create(pos, config.init.width_A2, amps, capacity=cap, dtype=dtype)
-    params = Params(atoms, drift, None, jnp.asarray(bg, dtype) if config.fit_background else None)
-    rates = Rates.from_config(opt, float(np.median(amps)))
-    state = fit.init_state(params, opt, rates)
-    setup = resolve_angle_chunk(setup, config, m, cap, dtype.itemsize)
-    lr_scale = jnp.asarray(1.0, dtype)
-    losses = []
-    for phase in range(opt.n_phases):
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase)
-        keys = jax.random.split(key, opt.steps_per_phase)
-        lr_mult = jnp.asarray(opt.lr_decay_per_phase**phase, dtype)
-        params, state, lr_scale, loss, _ = fit.run_steps(
-            params, state, lr_scale, lr_mult, keys, obs, euler, setup, opt, rates
-        )
-        loss = np.asarray(loss)
-        losses.append([float(loss[0]), float(loss[-1])])
-    calc = np.asarray(params.images(euler, setup))
-    return params, obs_np, calc, losses, time.perf_counter() - t0
+    res = reconstruct(series, config, progress=False, figures=False,
+                      initial_positions_A=positions_A)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    losses = [[p["loss_start"], p["loss_end"]] for p in res.report["history"]["phases"]]
+    calc = model_images(res, series, config)
+    return res.params, observed_images(series, config), calc, losses, seconds
 
 
 # --------------------------------------------------------------------------- figure

@@ -258,3 +258,34 @@ def test_coverage_lets_an_atom_seen_by_few_images_be_added():
     # and the next merge / prune deal with those)
     assert np.min(np.linalg.norm(new - outside, axis=1)) < 0.1, new
     assert len(new) <= 3, new
+
+
+def test_poisson_loss_fits_counts(series):
+    counts = series.replace(images=np.random.default_rng(0).poisson(200 * series.images))
+    config = ReconstructConfig(init=FAST["init"], optim={**FAST["optim"], "loss": "poisson"})
+    result = reconstruct(counts, config, progress=False, figures=False)
+    m = result.report["metrics"]
+    assert m["tp_rate"] == 1.0 and m["fp_rate"] == 0.0 and m["rmsd_pm"] < 15.0, m
+    # the fit saw the counts divided by their maximum: no offset removed
+    from atomjax.reconstruct import observed_images
+
+    np.testing.assert_allclose(observed_images(counts, config), counts.images / counts.images.max())
+
+
+def test_given_start_with_frozen_positions_keeps_them():
+    """A published model refitted for its own R-factor: positions stay, B and H move."""
+    from atomjax.reconstruct import model_images
+
+    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 4.5), seed=2)
+    small = simulate.simulate_fast(particle, np.linspace(-60, 60, 7), progress=False)
+    start = small.atoms_positions_A + 0.05
+    config = ReconstructConfig(
+        optim={"n_phases": 2, "steps_per_phase": 20, "lr_positions_A": 0.0},
+        adapt_between_phases=False,
+    )
+    result = reconstruct(small, config, progress=False, figures=False, initial_positions_A=start)
+    np.testing.assert_allclose(result.positions_A, start, atol=1e-12)
+    assert not np.allclose(result.widths_A2, config.init.width_A2)
+    assert model_images(result, small, config).shape == small.images.shape
+    with pytest.raises(ValueError, match="initial_positions_A"):
+        reconstruct(small, config, progress=False, initial_positions_A=np.zeros((3, 2)))
