@@ -12,6 +12,8 @@ dicts and go to :mod:`atomjax.pipeline` and the library.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -40,8 +42,12 @@ def _output_dir() -> pathlib.Path:
     return pathlib.Path(HydraConfig.get().runtime.output_dir)
 
 
-def _launch(name: str, task: Callable[[dict[str, Any], pathlib.Path], Any]) -> None:
-    """Run ``task(settings, output_dir)`` as a Hydra app with config ``conf/<name>.yaml``."""
+def _launch(name: str, task: Callable[..., Any]) -> None:
+    """Run ``task(settings, output_dir, log)`` as a Hydra app with config ``conf/<name>.yaml``.
+
+    ``log`` is the :class:`~atomjax.console.ConsoleLog` copying the console; a task that
+    has a folder for its log attaches it there.
+    """
     if not (CONF_DIR / f"{name}.yaml").is_file():
         sys.exit(
             f"atomjax-{name}: no configs in {CONF_DIR} — install atomjax from a clone of the "
@@ -50,17 +56,23 @@ def _launch(name: str, task: Callable[[dict[str, Any], pathlib.Path], Any]) -> N
     import hydra
     from omegaconf.errors import MissingMandatoryValue
 
+    from .console import ConsoleLog
+
     @hydra.main(config_path=str(CONF_DIR), config_name=name, version_base="1.3")
     def app(cfg):
         logging.getLogger("jax").setLevel(logging.WARNING)  # not "Unable to initialize TPU"
-        try:
-            return task(_plain(cfg), _output_dir())
-        except MissingMandatoryValue as e:
-            sys.exit(f"atomjax-{name}: error: a required setting is missing: {e.full_key}")
-        except _USER_ERRORS as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"atomjax-{name}: error: {message}", file=sys.stderr)
-            sys.exit(2)
+        with ConsoleLog() as log:
+            try:
+                return task(_plain(cfg), _output_dir(), log)
+            except MissingMandatoryValue as e:
+                sys.exit(f"atomjax-{name}: error: a required setting is missing: {e.full_key}")
+            except _USER_ERRORS as e:
+                message = e.args[0] if isinstance(e, KeyError) and e.args else e
+                print(f"atomjax-{name}: error: {message}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                print(f"\natomjax-{name}: stopped", file=sys.stderr)
+                sys.exit(130)
 
     app()
 
@@ -81,7 +93,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str,
 # ------------------------------------------------------------------------- tasks
 
 
-def simulate_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> str:
+def simulate_task(cfg: dict[str, Any], out_dir: pathlib.Path, log=None) -> str:
     """Simulate ``cfg["data"]``; save it to ``cfg["out"]`` (default out_dir/series.npz)."""
     from .io import save_tilt_series
     from .pipeline import simulate_series
@@ -100,37 +112,197 @@ def simulate_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> str:
     return str(out)
 
 
-def reconstruct_task(cfg: dict[str, Any], out_dir: pathlib.Path) -> dict[str, Any]:
-    """Load or simulate the series, reconstruct it into out_dir, print the accuracy."""
-    from .pipeline import config_from_settings, load_series, print_summary, summary
+#: settings of one call, not of the run: a resumed run takes them from its command line
+PER_CALL = ("resume", "overwrite", "progress", "figures", "max_phases", "distributed")
+#: settings of the run that a resumed run may be given anew; any other setting given
+#: that differs from the record is refused
+RESUME_MAY_CHANGE = ("optim.n_phases", "reconstruct.shard_devices", "cache_dir")
+LOG_NAME = "reconstruct.log"
+
+
+def _task_overrides() -> list[str]:
+    """The command line's settings (``key=value``; Hydra's own ``hydra.*`` left out)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside a Hydra app
+        return []
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _lookup(tree: dict, key: str):
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def resumed_settings(out: pathlib.Path, cfg: dict[str, Any], overrides: list[str]) -> dict:
+    """The settings a ``resume=true`` run continues with: the folder's own record, with
+    the settings of :data:`RESUME_MAY_CHANGE` given on the command line, and those of
+    :data:`PER_CALL` as this call has them. Any other setting given on the command line
+    that differs from the record is refused by name.
+
+    A folder without a record of its settings (made by an older atomjax, or through the
+    library with no app record) resumes with the settings given, checked against its
+    checkpoint.
+    """
+    from .runfolder import read_record
+
+    record = read_record(out) or {}
+    saved = (record.get("app") or {}).get("settings")
+    if saved is None:
+        return cfg
+    if cfg.get("overwrite"):
+        raise ValueError("resume=true and overwrite=true exclude each other: give one of them")
+    merged = json.loads(json.dumps(saved))  # a deep copy
+    for override in overrides:
+        key = _override_key(override)
+        if key in RESUME_MAY_CHANGE or key in PER_CALL:
+            continue
+        given, kept = _lookup(cfg, key), _lookup(saved, key)
+        if given is _MISSING and kept is _MISSING:
+            raise ValueError(
+                f"{override!r} cannot be given with resume=true: the run's record in {out} "
+                "holds all its settings (a preset or a group the record does not name)"
+            )
+        if given != kept:
+            raise ValueError(
+                f"{key}={_short(given)} differs from the run's record in {out} "
+                f"({key}={_short(kept)}); a resumed run keeps its settings: leave {key} out, "
+                "or start a new run (another folder, or overwrite=true)"
+            )
+    given_keys = {_override_key(o) for o in overrides}
+    for key in sorted(given_keys & set(RESUME_MAY_CHANGE)):  # what the command line changes
+        node = merged
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = _lookup(cfg, key)
+    merged.update({key: cfg[key] for key in PER_CALL if key in cfg})
+    return merged
+
+
+def _short(value) -> str:
+    if value is _MISSING:
+        return "(not set)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _write_hydra_record(out: pathlib.Path, cfg: dict[str, Any], overrides: list[str]) -> None:
+    """Hydra's record of this run's settings in ``out/.hydra`` (config, overrides, and
+    Hydra's own settings when run as an app), written once the folder is ours."""
+    from omegaconf import OmegaConf
+
+    from .outputs import atomic_write_text
+
+    folder = out / ".hydra"
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = OmegaConf.create({"hydra": HydraConfig.get()})
+        atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    except ValueError:  # not inside a Hydra app
+        pass
+
+
+def reconstruct_task(
+    cfg: dict[str, Any],
+    out_dir: pathlib.Path,
+    log=None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Load or simulate the series, reconstruct it into out_dir, print the accuracy.
+
+    The run folder guards its work (:mod:`atomjax.runfolder`): a folder holding a run is
+    refused unless ``resume`` or ``overwrite`` is set, before anything is loaded or
+    written. ``resume=true hydra.run.dir=<folder>`` alone continues a run: the settings
+    and the data description come from the folder's record. SIGINT / SIGTERM stop the fit
+    after its current piece, keep the work and print the command that resumes (exit 130).
+    """
+    import jax
+
+    from . import runfolder
+    from .interrupt import stop_requests
+    from .pipeline import absolute_paths, config_from_settings, load_series, print_summary, summary
     from .reconstruct import reconstruct
 
     out = pathlib.Path(out_dir)
+    overrides = _task_overrides() if overrides is None else list(overrides)
+    resume, overwrite = bool(cfg["resume"]), bool(cfg.get("overwrite", False))
+    if resume:
+        cfg = resumed_settings(out, cfg, overrides)
+    runfolder.check_use(runfolder.inspect(out), resume, overwrite)  # before any work
     if cfg.get("distributed"):  # one process per device: join them before JAX starts
-        import jax
-
         jax.distributed.initialize()
     config = config_from_settings(cfg)
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
-    print(
-        f"reconstructing {series.n_angles} images of {series.image_shape} px "
-        f"({series.pixel_size_A:g} Å) in {config.mode} mode → {out}"
-    )
-    result = reconstruct(
-        series,
-        config,
-        out_dir=out,
-        resume=cfg["resume"],
-        progress=cfg["progress"],
-        figures=cfg["figures"],
-        max_phases=cfg["max_phases"],
-    )
-    if result.out_dir is None:  # not the writing process of a multi-process run
-        return summary(result.report)
-    if series.atoms_positions_A is not None:
-        _write_truth(out / "truth.extxyz", series.atoms_positions_A, series.atoms_species)
-    print_summary(result.report, out)
+    # the record names the files from anywhere: absolute paths
+    record = {"settings": absolute_paths(cfg), "command": [pathlib.Path(sys.argv[0]).name, *sys.argv[1:]],
+              "overrides": overrides, "cwd": os.getcwd()}  # fmt: skip
+    writer = jax.process_index() == 0
+    claim = runfolder.claim(out, resume=resume, overwrite=overwrite, keep=(".hydra", LOG_NAME))
+    with stop_requests(), claim if writer else contextlib.nullcontext() as run:
+        if writer and not resume:
+            _write_hydra_record(out, cfg, overrides)
+        if writer and log is not None:
+            log.attach(out / LOG_NAME, append=resume)
+        verb = "resuming" if resume else "reconstructing"
+        print(
+            f"{verb} {series.n_angles} images of {series.image_shape} px "
+            f"({series.pixel_size_A:g} Å) in {config.mode} mode → {out}",
+            flush=True,
+        )
+        result = reconstruct(
+            series,
+            config,
+            out_dir=out,
+            resume=resume,
+            progress=cfg["progress"],
+            figures=cfg["figures"],
+            max_phases=cfg["max_phases"],
+            overwrite=overwrite,
+            record=record,
+        )
+        if result.out_dir is None:  # not the writing process of a multi-process run
+            return summary(result.report)
+        made = [".hydra", LOG_NAME]
+        if series.atoms_positions_A is not None:
+            _write_truth(out / "truth.extxyz", series.atoms_positions_A, series.atoms_species)
+            made.append("truth.extxyz")
+        run.add_outputs(*made)
+        print_summary(result.report, out, names=run.record["outputs"])
+        if result.report["status"] == "interrupted":
+            _print_resume_hint(result.report, out)
+            if result.report["stopped_by"] != "max_phases":
+                raise SystemExit(130)
     return summary(result.report)
+
+
+def _print_resume_hint(report: dict[str, Any], out: pathlib.Path) -> None:
+    p = report["progress"]
+    where = f"after {p['phase']} of {p['n_phases']} phases"
+    if p["step"]:
+        where += f" and {p['step']} of {p['steps_per_phase']} steps of the next"
+    why = "as max_phases asked" if report["stopped_by"] == "max_phases" else (
+        f"by {report['stopped_by']}")  # fmt: skip
+    print(
+        f"\nstopped {why}, {where}; the atoms so far are in {out / 'atoms.extxyz'}.\n"
+        f"to continue:  atomjax-reconstruct resume=true hydra.run.dir={out.resolve()}",
+        flush=True,
+    )
 
 
 def _write_truth(path: pathlib.Path, positions_A, species) -> None:
@@ -146,7 +318,9 @@ def _write_truth(path: pathlib.Path, positions_A, species) -> None:
         atoms.write(tmp, format="extxyz")
 
 
-def evaluate_task(cfg: dict[str, Any], out_dir: pathlib.Path | None = None) -> dict[str, Any]:
+def evaluate_task(
+    cfg: dict[str, Any], out_dir: pathlib.Path | None = None, log=None
+) -> dict[str, Any]:
     """Score ``cfg["found"]`` against ``cfg["truth"]``; print the table, write JSON."""
     from .metrics import evaluate, format_table, read_atoms
 

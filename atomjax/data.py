@@ -8,6 +8,7 @@ degrees, and the pixel size in Å. Everything else is optional metadata.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,16 @@ class TiltSeries:
         images = np.asarray(self.images)
         if images.ndim != 3:
             raise ValueError(f"images must have shape (angles, nu, nv), got {images.shape}")
+        if images.shape[0] == 0:
+            raise ValueError(
+                f"the tilt series holds no images (images of shape {images.shape}): give at "
+                "least one image"
+            )
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            raise ValueError(
+                f"the images are {images.shape[1]} × {images.shape[2]} px (images of shape "
+                f"{images.shape}): every image needs at least one pixel along u and v"
+            )
         if not np.issubdtype(images.dtype, np.number):
             raise ValueError(f"images must be numeric, got dtype {images.dtype}")
         if not np.all(np.isfinite(images)):
@@ -104,6 +115,17 @@ class TiltSeries:
     def replace(self, **changes) -> TiltSeries:
         return dataclasses.replace(self, **changes)
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of what a reconstruction reads: the images (values, dtype,
+        shape), the Euler angles and the pixel size. Two series with the same
+        fingerprint give the same fit; a flipped image or one changed angle does not."""
+        h = hashlib.sha256()
+        images = np.ascontiguousarray(self.images)
+        h.update(f"{images.dtype.str}{images.shape}{self.pixel_size_A!r}".encode())
+        h.update(memoryview(images).cast("B"))
+        h.update(memoryview(np.ascontiguousarray(self.euler_deg, dtype="<f8")).cast("B"))
+        return h.hexdigest()
+
 
 def normalise_series(images, keep_zero: bool = False) -> np.ndarray:
     """Scale a whole tilt series to [0, 1] with one offset and one scale (LOT eq. 6).
@@ -116,6 +138,8 @@ def normalise_series(images, keep_zero: bool = False) -> np.ndarray:
     level matters); the images must then be non-negative.
     """
     images = np.asarray(images, dtype=float)
+    if images.size == 0:
+        raise ValueError(f"no pixels to normalise: images of shape {images.shape}")
     if not np.all(np.isfinite(images)):
         raise ValueError("images contain NaN or infinite values")
     lo, hi = images.min(), images.max()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import warnings
 import zipfile
 from typing import Any
@@ -113,17 +112,12 @@ def save_tilt_series(series: TiltSeries, path: PathLike) -> pathlib.Path:
     folder = path.parent if str(path.parent) else pathlib.Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"folder for the tilt-series file does not exist: {folder}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    from .outputs import atomic_path  # the permissions of a replaced file are kept
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     try:  # make the rename itself durable (POSIX); not possible everywhere
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -254,16 +248,52 @@ def _pick_array(
     return next(iter(fits.items()))
 
 
+def read_text_table(path: pathlib.Path, what: str) -> np.ndarray:
+    """A table of numbers from a text file (rows, columns); ``#`` and ``%`` start comments.
+
+    Errors name the file's own line number (1-based, comment lines counted), e.g.
+    "line 4 of series.tlt: 'ten' is not a number".
+    """
+    rows, width = [], None
+    text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].split("%", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        try:
+            values = [float(x) for x in line.split()]
+        except ValueError:
+            bad = next(x for x in line.split() if not _is_float(x))
+            raise ValueError(
+                f"line {number} of {path}: {bad!r} is not a number (reading {what})"
+            ) from None
+        if width is not None and len(values) != width:
+            raise ValueError(
+                f"line {number} of {path} has {len(values)} values, the lines before it "
+                f"{width} (reading {what})"
+            )
+        width = len(values)
+        rows.append(values)
+    if not rows:
+        raise ValueError(f"{path} holds no numbers (reading {what})")
+    return np.asarray(rows, dtype=float)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_angles_table(path: pathlib.Path, key: str | None) -> np.ndarray:
     """Angles from a .mat (``key`` or the only 1-D/2-D array) or a text table, degrees."""
     _check_path_exists(path, "angles file")
     if path.suffix.lower() == ".mat":
         _, angles = _pick_array(_loadmat(path, "angles file"), key, path, "angles", (1, 2))
     else:
-        try:
-            angles = np.loadtxt(path, ndmin=2, comments=("#", "%"))
-        except ValueError as err:
-            raise ValueError(f"cannot read angles from text file {path}: {err}") from err
+        angles = read_text_table(path, "angles")
     angles = np.asarray(angles, dtype=float)
     rows, cols = angles.shape if angles.ndim == 2 else (0, 0)
     if cols == 1 or (rows == 1 and cols != 3):
@@ -502,10 +532,7 @@ def read_aet_ground_truth(
     """
     path = pathlib.Path(path)
     _check_path_exists(path, "ground-truth file")
-    try:
-        table = np.loadtxt(path, comments="%", ndmin=2)
-    except ValueError as err:
-        raise ValueError(f"cannot read the ground-truth table {path}: {err}") from err
+    table = read_text_table(path, "the ground-truth table")
     if table.shape[1] != 4:
         raise ValueError(f"{path} has {table.shape[1]} columns; expected 4 (type, x, y, z)")
     types = table[:, 0].astype(int)

@@ -65,6 +65,16 @@ def _check_keys(kind: str, data: dict) -> None:
         )
 
 
+def _tilt_sign(data: dict) -> int:
+    """data.tilt_sign: +1 (default) or -1; anything else is refused (0 is not +1)."""
+    value = data.get("tilt_sign")
+    if value is None:
+        return 1
+    if value not in (1, -1) or isinstance(value, bool):
+        raise ValueError(f"data.tilt_sign must be 1 or -1, got {value!r}")
+    return int(value)
+
+
 def _required(data: dict, key: str) -> Any:
     value = data.get(key)
     if value is None or value == "???":
@@ -179,14 +189,14 @@ def load_series(
             _required(data, "path"),
             data.get("tlt"),
             pixel_size_A=None if px is None else float(px),
-            tilt_sign=int(data.get("tilt_sign") or 1),
+            tilt_sign=_tilt_sign(data),
         )
     elif kind == "tiff":
         series = io.read_tiff_series(
             _required(data, "path"),
             _required(data, "angles"),
             float(_required(data, "pixel_size_A")),
-            tilt_sign=int(data.get("tilt_sign") or 1),
+            tilt_sign=_tilt_sign(data),
         )
     else:
         root = pathlib.Path(_required(data, "root"))
@@ -200,6 +210,26 @@ def load_series(
         positions, species = read_atoms(data["truth"])
         series = series.replace(atoms_positions_A=positions, atoms_species=species)
     return series
+
+
+#: data settings that name files or folders
+PATH_KEYS = ("path", "tlt", "projections", "angles", "truth", "root")
+
+
+def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the data's file names and ``cache_dir`` made absolute (from the
+    current folder), so that a run's record finds its data from anywhere."""
+
+    def absolute(value):
+        if value is None or value == "???":
+            return value
+        return str(pathlib.Path(os.path.expanduser(str(value))).absolute())
+
+    out = dict(cfg)
+    out["data"] = {k: absolute(v) if k in PATH_KEYS else v for k, v in cfg["data"].items()}
+    if "cache_dir" in cfg:
+        out["cache_dir"] = absolute(cfg["cache_dir"])
+    return out
 
 
 def reconstruct_config(
@@ -271,15 +301,20 @@ def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(report: dict[str, Any], out_dir: str | os.PathLike | None) -> None:
-    """Print the accuracy table (against the truth, when the series has it) and the outputs."""
+def print_summary(report: dict[str, Any], out_dir: str | os.PathLike | None, names=None) -> None:
+    """Print the accuracy table (against the truth, when the series has it) and the outputs
+    (``names``: the files this run made; by default the files in ``out_dir``)."""
     title = "accuracy against the known structure" if report.get("metrics") else "result"
+    if report.get("status") == "interrupted":
+        p = report["progress"]
+        title += f" (so far: {p['phase']} of {p['n_phases']} phases)"
     print(f"\n{title}")
     for name, value in accuracy_rows(report):
         print(f"  {name:<24}{value:>12}")
     if out_dir is not None:
-        names = sorted(p.name for p in pathlib.Path(out_dir).iterdir() if not p.is_dir())
-        print(f"\noutputs: {out_dir}/ ({', '.join(names)})")
+        if names is None:
+            names = [p.name for p in pathlib.Path(out_dir).iterdir() if not p.is_dir()]
+        print(f"\noutputs: {out_dir}/ ({', '.join(sorted(names))})")
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ Nothing here reads the ground truth except the final, reported evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -31,9 +31,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import adapt, fit, init, metrics, outputs, sharding, tomogram
+from . import (
+    adapt,
+    checkpoint,
+    fit,
+    init,
+    interrupt,
+    metrics,
+    outputs,
+    runfolder,
+    sharding,
+    tomogram,
+)
 from .adapt import AdaptConfig
 from .atoms import Atoms
+from .background import BACKGROUND_INITS, initial_background
 from .data import TiltSeries, normalise_series
 from .fit import OptimConfig, Params, Rates, settings_from_dict
 from .init import InitConfig
@@ -51,7 +63,6 @@ from .render import (
 )
 
 PROBE_FITS = ("pixel", "physical")
-BACKGROUND_INITS = ("border", "min", "zero")
 MIN_COVERAGE = 0.1  # adapt.coverage: voxels seen by fewer images count as seen by this fraction
 
 
@@ -236,27 +247,6 @@ def with_depth_rank(setup: ImagingSetup, probe, rank: int | None) -> ImagingSetu
     return dataclasses.replace(setup, depth_basis=depth_basis(stack, int(rank)))
 
 
-def estimate_background(images: np.ndarray, border_fraction: float = 0.06) -> np.ndarray:
-    """Vacuum level per image: the median of a frame of border pixels (m,)."""
-    m, nu, nv = images.shape
-    b = max(2, int(round(border_fraction * min(nu, nv))))
-    frame = np.ones((nu, nv), bool)
-    frame[b:-b, b:-b] = False
-    return np.median(images[:, frame], axis=1)
-
-
-def initial_background(images: np.ndarray, how: str = "border") -> np.ndarray:
-    """Starting vacuum level per image (m,): "border" (:func:`estimate_background`),
-    "min" (the 1st percentile of each image) or "zero"."""
-    if how == "border":
-        return estimate_background(images)
-    if how == "min":
-        return np.percentile(images, 1.0, axis=(1, 2))
-    if how == "zero":
-        return np.zeros(images.shape[0])
-    raise ValueError(f"background_init must be one of {BACKGROUND_INITS}, got {how!r}")
-
-
 def calibrate_amplitudes(atoms: Atoms, observed, euler_rad, drift_A, probe, setup) -> float:
     """The scale s minimising ||I_obs − s·I(atoms)||² (closed form)."""
     calc = render_series(atoms, euler_rad, drift_A, probe, setup)
@@ -351,72 +341,6 @@ def adapt_step(params: Params, opt_state, observed, euler_rad, setup, config, ra
     return new_params, opt_state, counts
 
 
-# ----------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_JSON = "checkpoint.json"
-
-
-def save_checkpoint(folder: pathlib.Path, phase: int, params, opt_state, lr_scale, meta) -> None:
-    """Leaves to ``state_<phase>.eqx``, then the JSON that points at it (atomic commit)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"state_{phase:04d}.eqx"
-    tmp = folder / (name + ".tmp")
-    eqx.tree_serialise_leaves(tmp, (params, opt_state, jnp.asarray(lr_scale)))
-    os.replace(tmp, folder / name)
-    meta = dict(meta, phase=phase, state_file=name, capacity=params.atoms.capacity)
-    outputs.write_json(folder / CHECKPOINT_JSON, meta)
-    for old in folder.glob("state_*.eqx"):
-        if old.name != name:
-            old.unlink()
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-_RESUME_MAY_CHANGE = ("optim.n_phases", "shard_devices")
-
-
-def _check_resumable(meta: dict, config: ReconstructConfig, series_info: dict) -> None:
-    """Resuming needs the same series and settings (only ``optim.n_phases`` may grow, and
-    the device count may change)."""
-    if meta.get("series") != series_info:
-        raise ValueError(
-            f"the checkpoint was written for a series {meta.get('series')}, not this one "
-            f"{series_info}; resume with the same tilt series"
-        )
-    saved, now = _flat(meta["config"]), _flat(config.to_dict())
-    changed = sorted(
-        k
-        for k in set(saved) | set(now)
-        if k not in _RESUME_MAY_CHANGE and saved.get(k) != now.get(k)
-    )
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"the settings differ from the checkpoint's ({detail}); resume with the same "
-            "settings (only optim.n_phases may change) or start a new run folder"
-        )
-
-
-def load_checkpoint(folder: pathlib.Path, template: Params, config, series_info: dict):
-    meta = json.loads((folder / CHECKPOINT_JSON).read_text())
-    _check_resumable(meta, config, series_info)
-    dtype = template.atoms.positions_A.dtype
-    atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
-    params = eqx.tree_at(lambda p: p.atoms, template, atoms)
-    rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
-    like = (params, fit.init_state(params, config.optim, rates), jnp.asarray(1.0, dtype))
-    params, opt_state, lr_scale = eqx.tree_deserialise_leaves(folder / meta["state_file"], like)
-    return params, opt_state, lr_scale, rates, meta
-
-
 # ------------------------------------------------------------------------ the driver
 
 
@@ -465,6 +389,27 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="fit", unit="step", disable=not enabled, leave=True)
 
 
+@dataclasses.dataclass
+class _FitState:
+    """Where a fit stands: its parameters and optimizer state, ``phase`` phases done and
+    ``step`` steps of the next one (host-side bookkeeping between compiled pieces)."""
+
+    params: Params
+    opt_state: Any
+    lr_scale: Any
+    rates: Rates
+    history: dict[str, Any]
+    phase: int = 0
+    step: int = 0
+    phase_rejected: int = 0  # rejected steps so far in the phase in progress
+    elapsed0_s: float = 0.0  # run time of the earlier calls (resume)
+
+    def saved(self, n_angles: int):
+        """The arrays a checkpoint holds: per-image parameters of the real images only."""
+        params, opt_state = _off_mesh(self.params, self.opt_state, n_angles)
+        return params, opt_state, jnp.asarray(self.lr_scale)
+
+
 def reconstruct(
     series: TiltSeries,
     config: ReconstructConfig | dict | None = None,
@@ -474,163 +419,277 @@ def reconstruct(
     figures: bool = True,
     max_phases: int | None = None,
     initial_positions_A=None,
+    overwrite: bool = False,
+    record: dict[str, Any] | None = None,
+    interruptible: bool = True,
 ) -> Result:
     """Fit atoms to ``series``; write the run folder ``out_dir`` if given.
 
-    resume: continue from ``out_dir/checkpoint`` (same settings, same seed) — the
-    result equals an uninterrupted run. max_phases: stop after this many phases in
-    this call (e.g. to fit a cluster's time limit) and resume later; the returned
-    result then describes the atoms so far. initial_positions_A: (n, 3) starting atoms
-    instead of ``config.init``'s method (widths and amplitudes still from it), e.g. a
-    published model to refit with ``optim.lr_positions_A=0`` and no adapt step.
+    The run folder is guarded (:mod:`atomjax.runfolder`): a folder that holds a run is
+    continued only with ``resume`` and replaced only with ``overwrite`` (its old outputs
+    are removed first); one another process writes into is refused.
+
+    resume: continue from ``out_dir/checkpoint`` (same series, same settings, same seed)
+    — the result equals an uninterrupted run, bit for bit. max_phases: stop after this
+    many phases in this call (e.g. to fit a cluster's time limit) and resume later; the
+    returned result then describes the atoms so far. initial_positions_A: (n, 3)
+    starting atoms instead of ``config.init``'s method (widths and amplitudes still from
+    it), e.g. a published model to refit with ``optim.lr_positions_A=0`` and no adapt
+    step. record: what the caller wants kept in the folder's ``run.json`` (the app: the
+    data description and its settings). interruptible: SIGINT / SIGTERM (Ctrl-C) stop
+    the fit after its current compiled piece, with a checkpoint and the atoms so far
+    written; the result's ``report["status"]`` is then "interrupted".
     """
     config = ReconstructConfig.from_dict(config)
     if not isinstance(series, TiltSeries):
         raise TypeError(f"series must be an atomjax.TiltSeries, got {type(series).__name__}")
-    t0 = time.perf_counter()
     out = pathlib.Path(out_dir) if out_dir is not None else None
-    ckpt = out / "checkpoint" if out is not None and config.checkpoint else None
+    if resume and out is None:
+        raise ValueError("resume=True needs out_dir: the run folder to continue")
+    if resume and not config.checkpoint:
+        raise ValueError(
+            "resume needs the run folder's checkpoint, but these settings have "
+            "checkpoint=False; resume with checkpoint=True (the run's own setting)"
+        )
     writer = jax.process_index() == 0  # several processes (jax.distributed): one writes
-    if resume and (ckpt is None or not (ckpt / CHECKPOINT_JSON).is_file()):
-        raise FileNotFoundError(f"no checkpoint to resume from in {ckpt}")
+    claim = (
+        runfolder.claim(out, resume=resume, overwrite=overwrite)
+        if out is not None and writer
+        else contextlib.nullcontext(None)
+    )
+    with claim as run, interrupt.stop_requests(interruptible) as stop:
+        if resume and not checkpoint.exists(out / runfolder.CHECKPOINT_DIR):
+            raise FileNotFoundError(f"no checkpoint to resume from in {out}")
+        try:
+            return _run(series, config, out, run, resume, progress, figures, max_phases,
+                        initial_positions_A, record, stop)  # fmt: skip
+        except BaseException as e:
+            if run is not None:
+                aborted = isinstance(e, KeyboardInterrupt)
+                run.update(
+                    status="interrupted" if aborted else "failed",
+                    error="stopped at once by a second signal" if aborted else repr(e)[:2000],
+                )
+            raise
 
+
+def _prepare(series: TiltSeries, config: ReconstructConfig):
+    """(observed (numpy), observed, euler, setup, probe, background): what every start
+    needs, computed from the series and the settings alone."""
     dtype = jnp.asarray(0.0).dtype
     observed_np = observed_images(series, config)
-    observed = jnp.asarray(observed_np, dtype)
-    euler = jnp.asarray(series.euler_rad, dtype)
-    m = series.n_angles
     setup = make_setup(series, config)
     probe = make_probe(series, config, setup)
     setup = with_depth_rank(setup, probe, config.depth_rank)
-    drift0 = jnp.zeros((m, 3), dtype)
     background = initial_background(observed_np, config.background_init)
-    opt = config.optim
+    euler = jnp.asarray(series.euler_rad, dtype)
+    return observed_np, jnp.asarray(observed_np, dtype), euler, setup, probe, background
 
-    if resume:
-        template = Params(
-            Atoms.create(np.zeros((0, 3)), capacity=1, dtype=dtype),
-            drift0,
-            probe,
-            jnp.asarray(background, dtype) if config.fit_background else None,
+
+def _new_fit(series, config, observed_np, euler, setup, probe, background, initial_positions_A,
+             progress) -> _FitState:  # fmt: skip
+    """The starting atoms (:mod:`atomjax.init` or given), their amplitude scale, and the
+    optimizer's state."""
+    dtype = euler.dtype
+    drift0 = jnp.zeros((series.n_angles, 3), dtype)
+    signal = observed_np - background[:, None, None]
+    if initial_positions_A is None:
+        pos, widths, amps = init.initial_atoms(
+            signal, series.euler_deg, None, series.pixel_size_A, config.init, progress
         )
-        params, opt_state, lr_scale, rates, meta = load_checkpoint(
-            ckpt, template, config, _series_info(series)
-        )
-        history = meta["history"]
-        start = int(meta["phase"])
-        elapsed0 = float(meta.get("elapsed_s", 0.0))
     else:
-        signal = observed_np - background[:, None, None]
-        if initial_positions_A is None:
-            pos, widths, amps = init.initial_atoms(
-                signal, series.euler_deg, None, series.pixel_size_A, config.init, progress
-            )
-        else:
-            pos = metrics.as_points(initial_positions_A, "initial_positions_A")
-            widths = np.full(len(pos), config.init.width_A2)
-            amps = np.full(len(pos), config.init.amplitude)
-        if len(pos) == 0:
-            raise ValueError(
-                "initialisation found no atoms; lower init.peak_fraction / support_fraction "
-                "or try init.method='grid'"
-            )
-        capacity = adapt.bucket_capacity(len(pos))
+        pos = metrics.as_points(initial_positions_A, "initial_positions_A")
+        widths = np.full(len(pos), config.init.width_A2)
+        amps = np.full(len(pos), config.init.amplitude)
+    if len(pos) == 0:
+        raise ValueError(
+            "initialisation found no atoms; lower init.peak_fraction / support_fraction "
+            "or try init.method='grid'"
+        )
+    capacity = adapt.bucket_capacity(len(pos))
+    atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
+    if config.calibrate_amplitude:
+        scale = calibrate_amplitudes(atoms, jnp.asarray(signal, dtype), euler, drift0, probe, setup)
+        amps = np.asarray(amps) * max(scale, 1e-12)
         atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
-        if config.calibrate_amplitude:
-            scale = calibrate_amplitudes(
-                atoms, jnp.asarray(signal, dtype), euler, drift0, probe, setup
-            )
-            amps = np.asarray(amps) * max(scale, 1e-12)
-            atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
-        bg = jnp.asarray(background, dtype) if config.fit_background else None
-        params = Params(atoms, drift0, probe, bg)
-        rates = Rates.from_config(opt, float(np.median(amps)))
-        opt_state = fit.init_state(params, opt, rates)
-        lr_scale = jnp.asarray(1.0, dtype)
-        history = {"loss": [], "phases": [], "n_atoms_initial": len(pos)}
-        start = 0
-        elapsed0 = 0.0
+    bg = jnp.asarray(background, dtype) if config.fit_background else None
+    params = Params(atoms, drift0, probe, bg)
+    rates = Rates.from_config(config.optim, float(np.median(amps)))
+    opt_state = fit.init_state(params, config.optim, rates)
+    history = {"loss": [], "phases": [], "n_atoms_initial": len(pos)}
+    return _FitState(params, opt_state, jnp.asarray(1.0, dtype), rates, history)
 
-    if resume and meta.get("angle_chunk"):
+
+def _resumed_fit(series, config, folder: pathlib.Path, probe, background, dtype):
+    """The fit state saved in ``folder`` (checked against this series and settings) and
+    the checkpoint's metadata."""
+    meta = checkpoint.read_meta(folder)
+    checkpoint.check_resumable(meta, config.to_dict(), checkpoint.series_info(series))
+    atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
+    bg = jnp.asarray(background, dtype) if config.fit_background else None
+    params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg)
+    rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
+    like = (params, fit.init_state(params, config.optim, rates), jnp.asarray(1.0, dtype))
+    params, opt_state, lr_scale = checkpoint.load(folder, like)
+    state = _FitState(
+        params, opt_state, lr_scale, rates, meta["history"], int(meta["phase"]),
+        int(meta.get("step", 0)), int(meta.get("phase_rejected", 0)),
+        float(meta.get("elapsed_s", 0.0)),
+    )  # fmt: skip
+    return state, meta
+
+
+def _agreed(flag: bool) -> bool:
+    """``flag`` on any process (every process must stop at the same piece)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _run(series, config, out, run, resume, progress, figures, max_phases, initial_positions_A,
+         record, stop) -> Result:  # fmt: skip
+    t0 = time.perf_counter()
+    m = series.n_angles
+    opt = config.optim
+    observed_np, observed, euler, setup, probe, background = _prepare(series, config)
+    ckpt = out / runfolder.CHECKPOINT_DIR if out is not None and config.checkpoint else None
+    meta = None
+    if resume:
+        state, meta = _resumed_fit(series, config, ckpt, probe, background, euler.dtype)
+        if state.phase > opt.n_phases:
+            raise ValueError(
+                f"the run has done {state.phase} phases; optim.n_phases={opt.n_phases} would "
+                "drop some: resume with optim.n_phases ≥ the phases done"
+            )
+    else:
+        state = _new_fit(series, config, observed_np, euler, setup, probe, background,
+                         initial_positions_A, progress)  # fmt: skip
+    if meta is not None and meta.get("angle_chunk"):
         setup = dataclasses.replace(setup, angle_chunk=int(meta["angle_chunk"]))
     else:
-        setup = resolve_angle_chunk(setup, config, m, params.atoms.capacity, dtype.itemsize)
+        setup = resolve_angle_chunk(setup, config, m, state.params.atoms.capacity,
+                                    euler.dtype.itemsize)  # fmt: skip
+    info = checkpoint.series_info(series)
+    if run is not None:
+        app = record if record is not None else run.record.get("app")
+        run.update(atomjax_version=_version(), series=info, settings=config.to_dict(),
+                   app=app, progress=_progress_record(state, opt))  # fmt: skip
+
+    def elapsed() -> float:
+        return state.elapsed0_s + time.perf_counter() - t0
+
+    def save_checkpoint() -> None:
+        if ckpt is None or run is None:
+            return
+        meta = {
+            "history": state.history,
+            "rates": [list(r) for r in state.rates.values],
+            "elapsed_s": elapsed(),
+            "config": config.to_dict(),
+            "series": info,
+            "angle_chunk": setup.angle_chunk,
+            "capacity": state.params.atoms.capacity,
+            "phase_rejected": state.phase_rejected,
+        }
+        checkpoint.save(ckpt, state.phase, state.step, state.saved(m), meta)
+        run.update(progress=_progress_record(state, opt))
+
     mesh, observed_fit, euler_fit, weights = _fit_data(config, observed, euler)
-    params, opt_state = _on_mesh(params, opt_state, mesh)
+    state.params, state.opt_state = _on_mesh(state.params, state.opt_state, mesh)
     bar = _progress(opt.n_phases * opt.steps_per_phase, progress)
-    bar.update(start * opt.steps_per_phase)
-    stop = opt.n_phases if max_phases is None else min(opt.n_phases, start + int(max_phases))
-    for phase in range(start, stop):
+    bar.update(state.phase * opt.steps_per_phase + state.step)
+    last = opt.n_phases if max_phases is None else min(opt.n_phases, state.phase + int(max_phases))
+    stopped_by = None
+    while state.phase < last and stopped_by is None:
+        phase = state.phase
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), phase)
-        lr_mult = jnp.asarray(opt.lr_decay_per_phase**phase, dtype)
+        lr_mult = jnp.asarray(opt.lr_decay_per_phase**phase, euler.dtype)
         keys = jax.random.split(key, opt.steps_per_phase)
-        pieces, n_bad = [], 0
         for piece in np.split(np.arange(opt.steps_per_phase), _n_pieces(opt.steps_per_phase)):
-            # a few compiled scans per phase, so the progress bar moves within a phase
-            params, opt_state, lr_scale, piece_losses, piece_bad = fit.run_steps(
-                params,
-                opt_state,
-                jnp.asarray(lr_scale, dtype),
+            # a few compiled scans per phase: the progress bar moves, a stop can land
+            if piece[0] < state.step:
+                continue  # done before the checkpoint this run resumed from
+            if _agreed(stop.requested):
+                stopped_by = stop.signal_name or "request"
+                break
+            params, opt_state, lr_scale, losses, n_bad = fit.run_steps(
+                state.params,
+                state.opt_state,
+                jnp.asarray(state.lr_scale, euler.dtype),
                 lr_mult,
                 keys[piece[0] : piece[-1] + 1],
                 observed_fit,
                 euler_fit,
                 setup,
                 opt,
-                rates,
+                state.rates,
                 mesh=mesh,
                 weights=weights,
             )
-            pieces.append(np.asarray(piece_losses))
-            n_bad += int(piece_bad)
+            state.params, state.opt_state, state.lr_scale = params, opt_state, lr_scale
+            state.history["loss"].extend(
+                float(x) if np.isfinite(x) else None for x in np.asarray(losses)
+            )
+            state.step = int(piece[-1]) + 1
+            state.phase_rejected += int(n_bad)
             bar.update(len(piece))
-            bar.set_postfix(loss=f"{pieces[-1][-1]:.3e}", atoms=params.atoms.n_alive)
-        losses = np.concatenate(pieces)
-        losses = np.asarray(losses)
-        history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
-        record = {
+            bar.set_postfix(loss=f"{float(losses[-1]):.3e}", atoms=params.atoms.n_alive)
+        if stopped_by is not None:
+            break
+        losses = np.asarray(
+            [np.nan if x is None else x for x in state.history["loss"][-opt.steps_per_phase :]]
+        )
+        phase_record = {
             "phase": phase,
+            "n_steps": opt.steps_per_phase,
             "loss_start": float(losses[0]),
             "loss_end": float(losses[-1]),
-            "rejected_steps": int(n_bad),
-            "lr_scale": float(lr_scale),
-            "n_atoms": params.atoms.n_alive,
+            "rejected_steps": state.phase_rejected,
+            "lr_scale": float(state.lr_scale),
+            "n_atoms": state.params.atoms.n_alive,
         }
         if config.adapt_between_phases and phase < opt.n_phases - 1:
             params, opt_state, counts = adapt_step(
-                *_off_mesh(params, opt_state, m), observed, euler, setup, config, rates
-            )
-            params, opt_state = _on_mesh(params, opt_state, mesh)
-            record.update(counts)
-        history["phases"].append(record)
-        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
-        if ckpt is not None and writer:
-            meta = {
-                "history": history,
-                "rates": [list(r) for r in rates.values],
-                "elapsed_s": elapsed0 + time.perf_counter() - t0,
-                "config": config.to_dict(),
-                "series": _series_info(series),
-                "angle_chunk": setup.angle_chunk,
-            }
-            save_checkpoint(ckpt, phase + 1, *_off_mesh(params, opt_state, m), lr_scale, meta)
+                *_off_mesh(state.params, state.opt_state, m), observed, euler, setup, config,
+                state.rates,
+            )  # fmt: skip
+            state.params, state.opt_state = _on_mesh(params, opt_state, mesh)
+            phase_record.update(counts)
+        state.history["phases"].append(phase_record)
+        state.phase, state.step, state.phase_rejected = phase + 1, 0, 0
+        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=state.params.atoms.n_alive)
+        save_checkpoint()
+    if stopped_by is not None:
+        save_checkpoint()
+    elif state.phase < opt.n_phases:
+        stopped_by = "max_phases"
     bar.close()
-    params, _ = _off_mesh(params, opt_state, m)
-    return _finish(
-        series,
-        config,
-        params,
-        observed,
-        euler,
-        setup,
-        history,
-        out if writer else None,
-        figures,
-        elapsed0 + time.perf_counter() - t0,
-    )
+    params, _ = _off_mesh(state.params, state.opt_state, m)
+    status = "finished" if stopped_by is None else "interrupted"
+    return _finish(series, config, params, observed, euler, setup, state, run, figures,
+                   elapsed(), status, stopped_by)  # fmt: skip
 
 
-def _finish(series, config, params, observed, euler, setup, history, out, figures, elapsed_s):
+def _progress_record(state: _FitState, opt: OptimConfig) -> dict[str, int]:
+    return {
+        "phase": state.phase,
+        "step": state.step,
+        "n_phases": opt.n_phases,
+        "steps_per_phase": opt.steps_per_phase,
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _finish(series, config, params, observed, euler, setup, state: _FitState, run, figures,
+            elapsed_s, status, stopped_by) -> Result:  # fmt: skip
+    history = state.history
     calc = np.asarray(params.images(euler, setup))
     obs = np.asarray(observed)
     a = params.atoms.alive_numpy()
@@ -647,8 +706,11 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
         )
     rf = metrics.r_factor_series(obs, calc)
     report: dict[str, Any] = {
+        "status": status,
+        "stopped_by": stopped_by,
+        "progress": _progress_record(state, config.optim),
         "settings": config.to_dict(),
-        "series": {**_series_info(series), "provenance": series.provenance},
+        "series": {**checkpoint.series_info(series), "provenance": series.provenance},
         "imaging_setup": {
             "n_slices": setup.n_slices,
             "slice_thickness_A": setup.slice_thickness_A,
@@ -675,42 +737,54 @@ def _finish(series, config, params, observed, euler, setup, history, out, figure
             found_species=species if truth_species is not None else None,
             truth_species=truth_species,
         )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    out = None if run is None else run.path
+    if run is not None:
+        made = ["atoms.extxyz"]
         outputs.write_extxyz(
             out / "atoms.extxyz",
             a["positions_A"],
             a["widths_A2"],
             a["amplitudes"],
             species=species,
-            info={"mode": config.mode, "n_atoms": len(a["positions_A"])},
+            info={"mode": config.mode, "n_atoms": len(a["positions_A"]), "status": status},
         )
         if figures:
-            steps = config.optim.steps_per_phase
-            idx = sorted({0, series.n_angles // 2, series.n_angles - 1})
-            labels = [_angle_label(e) for e in series.euler_deg]
-            outputs.figure_projections(out / "projections.png", obs, calc, labels, idx)
-            outputs.figure_loss(
-                out / "loss.png",
-                np.arange(len(history["loss"])),
-                np.asarray([np.nan if x is None else x for x in history["loss"]]),
-                phase_ends=list(np.cumsum([steps] * len(history["phases"]))),
-                n_atoms=np.repeat([p["n_atoms"] for p in history["phases"]], steps),
-            )
-            outputs.figure_atoms(
-                out / "atoms.png", a["positions_A"], a["amplitudes"], series.atoms_positions_A
-            )
+            made += _write_figures(out, series, obs, calc, history, a, params.atoms.n_alive)
         report["outputs"] = {"folder": str(out)}
         outputs.write_json(out / "report.json", report)
+        made.append("report.json")
+        if config.checkpoint:
+            made.append(runfolder.CHECKPOINT_DIR)
+        run.add_outputs(*made)
+        run.update(status=status, stopped_by=stopped_by, error=None,
+                   progress=_progress_record(state, config.optim))  # fmt: skip
     return Result(a["positions_A"], a["widths_A2"], a["amplitudes"], species, report, params, out)
 
 
-def _series_info(series: TiltSeries) -> dict:
-    return {
-        "n_angles": series.n_angles,
-        "image_shape": list(series.image_shape),
-        "pixel_size_A": float(series.pixel_size_A),
-    }
+def _write_figures(out, series, obs, calc, history, alive, n_alive: int) -> list[str]:
+    """projections.png, loss.png (when a step was run) and atoms.png; their names."""
+    idx = sorted({0, series.n_angles // 2, series.n_angles - 1})
+    labels = [_angle_label(e) for e in series.euler_deg]
+    outputs.figure_projections(out / "projections.png", obs, calc, labels, idx)
+    outputs.figure_atoms(
+        out / "atoms.png", alive["positions_A"], alive["amplitudes"], series.atoms_positions_A
+    )
+    loss = np.asarray([np.nan if x is None else x for x in history["loss"]], dtype=float)
+    if loss.size == 0:
+        return ["projections.png", "atoms.png"]
+    lengths = [p["n_steps"] for p in history["phases"]]
+    counts = [p["n_atoms"] for p in history["phases"]]
+    if sum(lengths) < loss.size:  # the phase in progress when the run stopped
+        lengths.append(loss.size - sum(lengths))
+        counts.append(n_alive)
+    outputs.figure_loss(
+        out / "loss.png",
+        np.arange(loss.size),
+        loss,
+        phase_ends=list(np.cumsum(lengths[: len(history["phases"])])),
+        n_atoms=np.repeat(counts, lengths),
+    )
+    return ["projections.png", "loss.png", "atoms.png"]
 
 
 def _angle_label(euler_deg) -> str:

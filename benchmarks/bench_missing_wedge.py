@@ -371,7 +371,9 @@ def run_atomjax(series, args, out_dir: pathlib.Path) -> dict[str, Any]:
     optim = {"n_phases": args.phases, "steps_per_phase": args.steps, "batch_angles": batch}
     config = ReconstructConfig(mode="direct", seed=0, optim=optim)
     t0 = time.perf_counter()
-    result = reconstruct(series, config, out_dir=out_dir, progress=False, figures=False)
+    result = reconstruct(
+        series, config, out_dir=out_dir, progress=False, figures=False, overwrite=True
+    )
     seconds = time.perf_counter() - t0
     return {
         "positions_A": result.positions_A,

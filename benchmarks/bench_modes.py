@@ -166,7 +166,9 @@ def run_one(series: TiltSeries, radius_A: float, mode_name: str, args) -> dict:
     out_dir = pathlib.Path(args.runs_dir) / f"r{radius_A:g}_dose{args.dose_e_per_A2:g}" / mode_name
     config = mode_config(mode_name, series, args)
     t0 = time.perf_counter()
-    result = reconstruct(series, config, out_dir=out_dir, progress=False, figures=False)
+    result = reconstruct(
+        series, config, out_dir=out_dir, progress=False, figures=False, overwrite=True
+    )
     wall_s = time.perf_counter() - t0
     rep = result.report
     m = rep["metrics"]

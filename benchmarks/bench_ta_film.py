@@ -165,7 +165,7 @@ def run_ours(cfg: dict[str, Any], series, run_dir: pathlib.Path | None, figures:
     config = config_from_settings(cfg)
     t0 = time.perf_counter()
     res = reconstruct(series, config, out_dir=run_dir, progress=bool(cfg.get("progress")),
-                      figures=figures)  # fmt: skip
+                      figures=figures, overwrite=True)  # fmt: skip
     seconds = time.perf_counter() - t0
     return res, observed_images(series, config), model_images(res, series, config), seconds
 

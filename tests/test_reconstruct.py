@@ -200,7 +200,7 @@ def test_signed_residual_adds_no_atoms_from_shot_noise_but_finds_a_missing_one()
 
 
 def test_initial_background_options():
-    from atomjax.reconstruct import initial_background
+    from atomjax.background import initial_background
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0.2, 1.0, (3, 40, 40))
