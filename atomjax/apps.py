@@ -250,8 +250,9 @@ def reconstruct_task(
     config = config_from_settings(cfg)
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
     # the record names the files from anywhere: absolute paths
-    record = {"settings": absolute_paths(cfg), "command": [pathlib.Path(sys.argv[0]).name, *sys.argv[1:]],
-              "overrides": overrides, "cwd": os.getcwd()}  # fmt: skip
+    command = [pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]
+    record = {"settings": absolute_paths(cfg), "command": command, "overrides": overrides,
+              "cwd": os.getcwd()}  # fmt: skip
     writer = jax.process_index() == 0
     claim = runfolder.claim(out, resume=resume, overwrite=overwrite, keep=(".hydra", LOG_NAME))
     with stop_requests(), claim if writer else contextlib.nullcontext() as run:

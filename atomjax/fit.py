@@ -51,8 +51,9 @@ class OptimConfig:
     """
 
     loss: str = "mse"
+    method: str = "auto"  # "auto" | "adam" | "lm" (atomjax.optimizers)
     n_phases: int = 6
-    steps_per_phase: int = 150
+    steps_per_phase: int | None = None  # None: STEPS_PER_PHASE of the method
     batch_angles: int | None = None  # None: all images every step
     lr_positions_A: float = 0.02
     lr_widths_A2: float = 0.005
@@ -70,12 +71,20 @@ class OptimConfig:
     nan_lr_factor: float = 0.5
     b1: float = 0.9
     b2: float = 0.999
+    converge: bool = True  # end a phase (and the run) early once converged
+    converge_rtol: float = 1e-5  # ... when a piece's loss falls by less than this, relative
+    converge_move_A: float = 0.002  # ... and no atom moves more than this in it
+    lm_lambda0: float = 1e-3  # Levenberg–Marquardt: the first damping (× diag of the blocks)
+    lm_cg_iterations: int = 4  # conjugate-gradient iterations per step (0: block-Jacobi)
+    lm_cg_tol: float = 0.1  # ... stopping at this relative residual
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
         for name in ("n_phases", "steps_per_phase"):
             v = getattr(self, name)
+            if v is None and name == "steps_per_phase":
+                continue
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
         if self.batch_angles is not None and (
@@ -93,10 +102,31 @@ class OptimConfig:
             raise ValueError(f"width_min_A2 must be positive, got {self.width_min_A2}")
         if not isinstance(self.tie_widths, (bool, np.bool_)):
             raise ValueError(f"tie_widths must be a bool, got {self.tie_widths!r}")
+        if not isinstance(self.converge, (bool, np.bool_)):
+            raise ValueError(f"converge must be a bool, got {self.converge!r}")
+        for name in ("converge_rtol", "converge_move_A"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.method not in ("auto", "adam", "lm"):
+            raise ValueError(f"method must be 'auto', 'adam' or 'lm', got {self.method!r}")
+        if not (math.isfinite(self.lm_lambda0) and self.lm_lambda0 > 0):
+            raise ValueError(f"lm_lambda0 must be a positive number, got {self.lm_lambda0}")
+        if int(self.lm_cg_iterations) != self.lm_cg_iterations or self.lm_cg_iterations < 0:
+            raise ValueError(
+                f"lm_cg_iterations must be an integer ≥ 0, got {self.lm_cg_iterations}"
+            )
+        if not 0 < self.lm_cg_tol < 1:
+            raise ValueError(f"lm_cg_tol must lie in (0, 1), got {self.lm_cg_tol}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> OptimConfig:
         return settings_from_dict(cls, d)
+
+
+#: steps per phase when ``OptimConfig.steps_per_phase`` is None, by method (measured:
+#: benchmarks/README.md, "optimizers")
+STEPS_PER_PHASE = {"adam": 150, "lm": 10}
 
 
 def settings_from_dict(cls, d):

@@ -41,6 +41,8 @@ from jaxtyping import Array, Float
 from . import geometry
 from .atoms import Atoms
 from .probe import ProbeSettings, probe_intensity_stack
+from .splat import KERNELS, channel_weights, choose_kernel, splat_tiles, splat_whole
+from .splat import splat_scatter as splat
 
 MODES = ("direct", "rigid", "adaptive")
 
@@ -130,6 +132,11 @@ class ImagingSetup(eqx.Module):
       low-rank depth interaction: atoms are splatted into R channels weighted by the
       basis at their depth (linearly interpolated between slice centres) and the image
       needs R FFTs instead of n_slices. With R = n_slices it equals the linear split.
+    kernel: "auto" (the default: the cheapest for the sizes), "matmul" (matrix products,
+      over the whole image or in tiles) or "scatter" (one window per atom; the
+      reference), see :mod:`atomjax.splat`. tile_px: the tiles' side (None:
+      :data:`atomjax.splat.DEFAULT_TILE_PX`; 0: never tiles, one product over the image).
+      tile_chunk: atoms per product within a tile.
     """
 
     image_shape: tuple[int, int] = eqx.field(static=True, converter=_as_shape)
@@ -142,6 +149,9 @@ class ImagingSetup(eqx.Module):
     depth_split: str = eqx.field(static=True, default="linear")
     angle_chunk: int = eqx.field(static=True, default=8)
     depth_basis: tuple | None = eqx.field(static=True, default=None, converter=_as_basis)
+    kernel: str = eqx.field(static=True, default="auto")
+    tile_px: int | None = eqx.field(static=True, default=None)
+    tile_chunk: int = eqx.field(static=True, default=64)
 
     def __check_init__(self):
         if not (math.isfinite(self.pixel_size_A) and self.pixel_size_A > 0):
@@ -162,6 +172,12 @@ class ImagingSetup(eqx.Module):
             raise ValueError(f"depth_split must be 'linear' or 'hard', got {self.depth_split!r}")
         if int(self.angle_chunk) != self.angle_chunk or self.angle_chunk < 1:
             raise ValueError(f"angle_chunk must be a positive integer, got {self.angle_chunk}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.tile_px is not None and (int(self.tile_px) != self.tile_px or self.tile_px < 0):
+            raise ValueError(f"tile_px must be an integer ≥ 0 or None, got {self.tile_px!r}")
+        if int(self.tile_chunk) != self.tile_chunk or self.tile_chunk < 1:
+            raise ValueError(f"tile_chunk must be a positive integer, got {self.tile_chunk!r}")
         if self.depth_basis is not None:
             rows, rank = len(self.depth_basis), len(self.depth_basis[0])
             if rows != self.n_slices or not 1 <= rank <= rows:
@@ -289,59 +305,24 @@ def _slice_assignment(w_A, setup: ImagingSetup, direct: bool):
     return geometry.linear_slice_weights(w_A, setup.n_slices, setup.slice_thickness_A)
 
 
-def splat(
-    uvw_A: Float[Array, "n 3"],
-    widths_A2: Float[Array, " n"],
-    amplitudes: Float[Array, " n"],
-    slice_index: Array,
-    slice_weight: Array,
-    n_out: int,
-    setup: ImagingSetup,
-) -> Float[Array, "k nu nv"]:
-    """Splat atoms into ``n_out`` slices, each atom into a (2r+1)² window.
-
-    ``slice_index`` / ``slice_weight`` (n, s): the slices each atom goes to and its
-    share in each. The window, the outer product of two 1D Gaussian profiles, is
-    added with one scatter per atom and slice into an image padded by 2r on every
-    side; windows that lie wholly outside the image are dropped, and the padding is
-    cut away, so pixels outside the image never wrap around.
-    """
-    nu, nv = setup.image_shape
-    ps = setup.pixel_size_A
-    r = setup.radius_px
-    width = 2 * r + 1
-    offsets = jnp.arange(-r, r + 1)
-
-    def axis_profile(coord_A, n_pix):
-        centre = jnp.round(jax.lax.stop_gradient(coord_A) / ps).astype(jnp.int32) + n_pix // 2
-        d_A = (centre[:, None] + offsets - n_pix // 2).astype(coord_A.dtype) * ps
-        d_A = d_A - coord_A[:, None]
-        return centre, jnp.exp(-(d_A**2) / widths_A2[:, None])
-
-    cu, gu = axis_profile(uvw_A[:, 0], nu)
-    cv, gv = axis_profile(uvw_A[:, 1], nv)
-    n, s = slice_index.shape
-    window = gu[:, :, None] * gv[:, None, :]  # (n, W, W)
-    updates = (amplitudes[:, None] * slice_weight)[:, :, None, None] * window[:, None]
-    # window corner in the padded image: centre - r + 2r
-    corner_u = jnp.broadcast_to((cu + r)[:, None], (n, s))
-    corner_v = jnp.broadcast_to((cv + r)[:, None], (n, s))
-    index = jnp.stack([slice_index, corner_u, corner_v], -1).reshape(n * s, 3)
-    dims = jax.lax.ScatterDimensionNumbers(
-        update_window_dims=(1, 2), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2)
-    )
-    padded = jnp.zeros((n_out, nu + 4 * r, nv + 4 * r), updates.dtype)
-    padded = jax.lax.scatter_add(
-        padded,
-        index,
-        updates.reshape(n * s, width, width),
-        dims,
-        mode=jax.lax.GatherScatterMode.FILL_OR_DROP,
-    )
-    return padded[:, 2 * r : 2 * r + nu, 2 * r : 2 * r + nv]
+def _splat(uvw, width, amp, alive, k_idx, k_w, n_slices: int, basis, setup: ImagingSetup):
+    """Splat into the model's channels: the slices (n_slices of them, by ``k_idx`` /
+    ``k_w``), or their combination into the R columns of ``basis``, by the kernel
+    :func:`atomjax.splat.choose_kernel` picks for ``setup.kernel`` and the sizes."""
+    n, splits = k_idx.shape
+    n_channels = n_slices if basis is None else len(setup.depth_basis[0])
+    kind = choose_kernel(n, n_channels, splits, setup)
+    if kind == "scatter":
+        slices = splat(uvw, width, amp, k_idx, k_w, n_slices, setup)
+        return slices if basis is None else jnp.einsum("kr,kuv->ruv", basis, slices)
+    weights = channel_weights(k_idx, k_w, n_slices)
+    hw = amp[:, None] * (weights if basis is None else weights @ basis)
+    if kind == "tiles":
+        return splat_tiles(uvw, width, hw, setup, alive)
+    return splat_whole(uvw, width, hw, setup)
 
 
-def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
+def _image(pos, width, amp, alive, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
     """One image from masked atom parameters; ``probe_ft`` None means direct mode.
 
     With ``setup.depth_basis`` the probe_ft is already projected on the basis (R, ...).
@@ -353,15 +334,13 @@ def _image(pos, width, amp, euler_rad, drift_A, probe_ft, setup: ImagingSetup):
         k_idx, k_w = geometry.linear_slice_weights(
             uvw[:, 2], setup.n_slices, setup.slice_thickness_A
         )
-        # splat into the slices as the full model does (two windows per atom), then
-        # combine the slices into the R channels before the FFTs: R transforms, not n
-        slices = splat(uvw, width, amp, k_idx, k_w, setup.n_slices, setup)
-        channels = jnp.einsum("kr,kuv->ruv", basis, slices)
+        # the atoms' shares in the R channels: their slice weights combined by the basis
+        channels = _splat(uvw, width, amp, alive, k_idx, k_w, setup.n_slices, basis, setup)
         image_ft = jnp.sum(probe_ft * jnp.fft.rfft2(channels), axis=0)
         return jnp.fft.irfft2(image_ft, s=setup.image_shape)
     k_idx, k_w = _slice_assignment(uvw[:, 2], setup, direct)
     n_out = 1 if direct else setup.n_slices
-    slices = splat(uvw, width, amp, k_idx, k_w, n_out, setup)
+    slices = _splat(uvw, width, amp, alive, k_idx, k_w, n_out, None, setup)
     if direct:
         return slices[0]
     obj_ft = jnp.fft.rfft2(slices)
@@ -430,6 +409,7 @@ def render_series(
             f"and {drift_A.shape}"
         )
     pos, width, amp = atoms.masked()
+    alive = atoms.alive
     per_image = getattr(probe, "per_image", False)
     if probe is None or per_image:
         probe_ft = None
@@ -459,7 +439,7 @@ def render_series(
 
     def one(view):
         ft = probe_fourier(probe.intensities(setup, view[6]), setup) if per_image else probe_ft
-        return _image(pos, width, amp, view[:3], view[3:6], ft, setup)
+        return _image(pos, width, amp, alive, view[:3], view[3:6], ft, setup)
 
     @jax.checkpoint
     def chunk_images(views_chunk):

@@ -9,7 +9,11 @@ conventions are those of :mod:`atomjax.geometry`:
   n pixels sits at ``(i - n // 2) * pixel_size_A``.
 
 The projector is voxel driven: a point (voxel centre) at image coordinates (u, v) is
-spread bilinearly over the four pixels around it (nothing outside the image).
+spread bilinearly over the four pixels around it (nothing outside the image). For a
+volume on the :func:`volume_grid_A` grid seen by views tilted about y only (the usual
+single-axis series), :func:`project_grid_y` and :func:`back_project_grid_y` compute the
+same operators as two matrix products per view (y planes map to image rows): SIRT uses
+them when they apply.
 
 * :func:`project` is the forward operator A: ``A x`` (m, nu, nv), every point's value
   split over its four pixels in every image (a ray sum, no 1/m factor).
@@ -39,7 +43,11 @@ __all__ = [
     "volume_grid_A",
     "bin_images",
     "back_project",
+    "back_project_grid_y",
+    "back_project_volume",
+    "is_single_axis_y",
     "project",
+    "project_grid_y",
     "sirt",
     "find_peaks",
     "check_series",
@@ -280,6 +288,92 @@ def project(
     return out.reshape(-1, nu, nv)[:m]
 
 
+# ----------------------------------------------- single-axis tilts: separable projector
+
+
+def is_single_axis_y(euler_rad) -> bool:
+    """Every view a pure tilt about y (ψ = φ = 0): the volume's y planes then project
+    onto image rows v independently, and :func:`project_grid_y` applies (host-side)."""
+    e = np.asarray(euler_rad, dtype=float)
+    return bool(e.ndim == 2 and e.shape[1] == 3 and np.all(e[:, [0, 2]] == 0.0))
+
+
+def _linear_weights(coord_px, n: int) -> Array:
+    """(k, n) bilinear weights of points at fractional pixel ``coord_px`` (k,) on n pixels
+    (0 beyond the edges): the one-dimensional part of :func:`_bilinear`."""
+    i0 = jnp.floor(coord_px)
+    t = coord_px - i0
+    pix = jnp.arange(n)
+    lo = (i0[:, None] == pix).astype(coord_px.dtype) * (1 - t)[:, None]
+    hi = ((i0 + 1)[:, None] == pix).astype(coord_px.dtype) * t[:, None]
+    return lo + hi
+
+
+def _grid_y_operators(euler_rad, drift_A, pixel_size_A, volume_shape, voxel_size_A, image_shape):
+    """For one view tilted about y: P (nx·nz, nu) and Q (ny, nv), the bilinear weights
+    of the voxel columns along u and of the y planes along v."""
+    nx, ny, nz = volume_shape
+    nu, nv = image_shape
+    dtype = drift_A.dtype
+    x = jnp.asarray(geometry.pixel_coordinates_A(nx, voxel_size_A), dtype)
+    y = jnp.asarray(geometry.pixel_coordinates_A(ny, voxel_size_A), dtype)
+    z = jnp.asarray(geometry.pixel_coordinates_A(nz, voxel_size_A), dtype)
+    theta = euler_rad[1]
+    u = (jnp.cos(theta) * x[:, None] + jnp.sin(theta) * z[None, :]).reshape(-1) + drift_A[0]
+    p = _linear_weights(u / pixel_size_A + nu // 2, nu)
+    q = _linear_weights((y + drift_A[1]) / pixel_size_A + nv // 2, nv)
+    return p, q
+
+
+@functools.partial(jax.jit, static_argnames=("volume_shape", "image_shape"))
+def project_grid_y(values, volume_shape, voxel_size_A, euler_rad, drift_A, image_shape,
+                   pixel_size_A):  # fmt: skip
+    """:func:`project` of a volume on the :func:`volume_grid_A` grid, for views tilted
+    about y only: per view two matrix products, Pᵀ · V · Q, instead of a scatter."""
+    nx, ny, nz = volume_shape
+    vol = values.reshape(nx, ny, nz).transpose(0, 2, 1).reshape(nx * nz, ny)
+    dtype = jnp.result_type(values.dtype, float)
+
+    def one(view):
+        p, q = _grid_y_operators(view[:3], view[3:], pixel_size_A, volume_shape, voxel_size_A,
+                                 image_shape)  # fmt: skip
+        return p.T @ vol.astype(dtype) @ q
+
+    views = jnp.concatenate([euler_rad, drift_A], axis=1).astype(dtype)
+    return jax.lax.map(one, views)
+
+
+@functools.partial(jax.jit, static_argnames=("volume_shape",))
+def back_project_grid_y(images, euler_rad, drift_A, pixel_size_A, volume_shape, voxel_size_A):
+    """:func:`back_project` onto the :func:`volume_grid_A` grid for views tilted about y
+    only: per view P · image · Qᵀ. Returns (V,) in the grid's C order."""
+    m, nu, nv = images.shape
+    nx, ny, nz = volume_shape
+    dtype = jnp.result_type(images.dtype, float)
+
+    def add(total, xs):
+        view, image = xs
+        p, q = _grid_y_operators(view[:3], view[3:], pixel_size_A, volume_shape, voxel_size_A,
+                                 (nu, nv))  # fmt: skip
+        return total + p @ image.astype(dtype) @ q.T, None
+
+    views = jnp.concatenate([euler_rad, drift_A], axis=1).astype(dtype)
+    total, _ = jax.lax.scan(add, jnp.zeros((nx * nz, ny), dtype), (views, images))
+    return (total / m).reshape(nx, nz, ny).transpose(0, 2, 1).reshape(-1)
+
+
+def back_project_volume(images, euler_rad, drift_A, pixel_size_A, volume_shape, voxel_size_A):
+    """:func:`back_project` onto the :func:`volume_grid_A` grid of ``volume_shape``
+    (V,), by the separable operators when every view is tilted about y only."""
+    shape = _volume_shape(volume_shape)
+    if is_single_axis_y(euler_rad):
+        return back_project_grid_y(images, euler_rad, drift_A, pixel_size_A, shape,
+                                   voxel_size_A)  # fmt: skip
+    dtype = jnp.result_type(images.dtype, float)
+    points = jnp.asarray(volume_grid_A(shape, voxel_size_A), dtype)
+    return back_project(images, euler_rad, drift_A, pixel_size_A, points)
+
+
 # -------------------------------------------------------------------------- SIRT
 
 
@@ -296,6 +390,23 @@ def _sirt_step(
     m = b.shape[0]
     r = b - project(x, points, euler_rad, drift_A, image_shape, pixel_size_A)
     x_new = x + col_inv * m * back_project(r * row_inv, euler_rad, drift_A, pixel_size_A, points)
+    x_new = jnp.where(nonnegative, jnp.maximum(x_new, 0.0), x_new)
+    return x_new, r, jnp.linalg.norm(r)
+
+
+@functools.partial(jax.jit, static_argnames=("image_shape", "volume_shape"))
+def _sirt_step_y(
+    x, b, row_inv, col_inv, nonnegative, voxel_size_A, euler_rad, drift_A, pixel_size_A,
+    image_shape, volume_shape,
+):  # fmt: skip
+    """:func:`_sirt_step` on the grid for views tilted about y (separable projector)."""
+    m = b.shape[0]
+    ax = project_grid_y(x, volume_shape, voxel_size_A, euler_rad, drift_A, image_shape,
+                        pixel_size_A)  # fmt: skip
+    r = b - ax
+    bp = back_project_grid_y(r * row_inv, euler_rad, drift_A, pixel_size_A, volume_shape,
+                             voxel_size_A)  # fmt: skip
+    x_new = x + col_inv * m * bp
     x_new = jnp.where(nonnegative, jnp.maximum(x_new, 0.0), x_new)
     return x_new, r, jnp.linalg.norm(r)
 
@@ -344,19 +455,24 @@ def sirt(
     dtype = jnp.result_type(float)
     b = bin_images(jnp.asarray(images, dtype), factor)
     image_shape = tuple(int(n) for n in b.shape[1:])
-    points = jnp.asarray(volume_grid_A(shape, voxel_size_A), dtype)
-    args = (
-        points,
+    views = (
         jnp.asarray(np.deg2rad(euler_deg), dtype),
         jnp.asarray(drift, dtype),
         jnp.asarray(pixel_size_A * factor, dtype),
         image_shape,
     )
-    ones_v, zeros_v = jnp.ones(points.shape[0], dtype), jnp.zeros(points.shape[0], dtype)
+    if is_single_axis_y(euler_deg):  # the separable projector: matrix products per view
+        step = functools.partial(_sirt_step_y, volume_shape=shape)
+        args = (jnp.asarray(voxel_size_A, dtype), *views)
+    else:
+        step = _sirt_step
+        args = (jnp.asarray(volume_grid_A(shape, voxel_size_A), dtype), *views)
+    n_voxels = int(np.prod(shape))
+    ones_v, zeros_v = jnp.ones(n_voxels, dtype), jnp.zeros(n_voxels, dtype)
     ones_b, zeros_b = jnp.ones_like(b), jnp.zeros_like(b)
     no, yes = jnp.asarray(False), jnp.asarray(bool(nonnegative))
     m = b.shape[0]
-    cols, _, _ = _sirt_step(zeros_v, ones_b, ones_b, ones_v, no, *args)
+    cols, _, _ = step(zeros_v, ones_b, ones_b, ones_v, no, *args)
     active = ones_v
     if field_of_view:
         # the bilinear weights of a point sum to 1 in every image that holds it whole
@@ -367,7 +483,7 @@ def sirt(
                 "no voxel projects inside every image (check drift_A, volume_shape and "
                 "voxel_size_A, or pass field_of_view=False)"
             )
-    _, minus_rows, _ = _sirt_step(active, zeros_b, zeros_b, zeros_v, no, *args)
+    _, minus_rows, _ = step(active, zeros_b, zeros_b, zeros_v, no, *args)
     row_inv, col_inv = _safe_inverse(-minus_rows), active * _safe_inverse(cols)
 
     x = zeros_v
@@ -379,12 +495,12 @@ def sirt(
 
         steps = tqdm(steps, desc="SIRT", unit="it")
     for _ in steps:
-        x, _, res = _sirt_step(x, b, row_inv, col_inv, yes, *args)
+        x, _, res = step(x, b, row_inv, col_inv, yes, *args)
         residuals.append(float(res) / norm_b)
     volume = np.asarray(x).reshape(shape)
     if not return_residuals:
         return volume
-    _, _, res = _sirt_step(x, b, row_inv, col_inv, yes, *args)
+    _, _, res = step(x, b, row_inv, col_inv, yes, *args)
     residuals.append(float(res) / norm_b)
     return volume, np.asarray(residuals)
 

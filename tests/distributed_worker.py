@@ -46,7 +46,7 @@ def tiny_series():
 RECONSTRUCT = {
     "mode": "rigid",
     "probe": {"energy_eV": 300e3, "semiangle_mrad": 25.0},
-    "optim": {"n_phases": 2, "steps_per_phase": 5},
+    "optim": {"method": "adam", "n_phases": 2, "steps_per_phase": 5},
     "angle_chunk": 4,
     "checkpoint": False,
 }

@@ -131,7 +131,8 @@ def test_reconstruction_sharded_over_devices_equals_one_device(mode):
         "mode": mode,
         "probe_fit": "physical",
         "probe": {"energy_eV": 300e3, "semiangle_mrad": 25.0},
-        "optim": {"n_phases": 2, "steps_per_phase": 20},
+        # Adam on both sides: sharding runs Adam (Levenberg–Marquardt is one-device)
+        "optim": {"method": "adam", "n_phases": 2, "steps_per_phase": 20},
         "checkpoint": False,
     }
     one = reconstruct(series, settings, progress=False)

@@ -1,0 +1,353 @@
+"""The driver of a reconstruction: phases of compiled pieces, the step between phases,
+convergence, checkpoints.
+
+Host-side and stateful (the pure work is in the optimizer's compiled pieces):
+
+* a phase is up to ``optim.steps_per_phase`` steps, run as a few compiled pieces of
+  equal length (the progress bar moves, a stop request lands between pieces);
+* a phase ends early when a piece converged: its loss fell by less than
+  ``optim.converge_rtol`` (relative) and no atom moved more than
+  ``optim.converge_move_A``;
+* between phases, the adapt step (:mod:`atomjax.adapt_step`) merges, prunes and adds
+  atoms, and the optimizer gets its state back for the new atoms;
+* the run ends when a phase converged, gained less than ``optim.converge_rtol`` in all,
+  and the adapt step after it changed nothing ("converged"), after ``n_phases`` phases
+  ("budget"), after ``max_phases`` phases of this call, or on a signal;
+* a checkpoint after every phase and where a stop lands.
+
+The optimizer (:mod:`atomjax.optimizers`) is held behind its interface: the driver
+never asks which one it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import adapt, checkpoint, init, metrics, report, sharding
+from .adapt_step import adapt_step
+from .atoms import Atoms
+from .background import initial_background
+from .fit import Params, Rates
+from .optimizers import FitData, make_optimizer, max_displacement_A
+from .problem import (
+    calibrate_amplitudes,
+    make_probe,
+    make_setup,
+    observed_images,
+    resolve_angle_chunk,
+    with_depth_rank,
+)
+
+
+def fit_data(config, observed, euler, setup) -> FitData:
+    """The images as the fit sees them: as given on one device, or padded and split over
+    the devices when ``config.shard_devices`` asks for several."""
+    n = config.shard_devices
+    if n is None or n == 1:
+        return FitData(observed, euler, setup)
+    mesh = sharding.angle_mesh(None if n == -1 else n)
+    weights = sharding.image_weights(observed.shape[0], mesh, observed.dtype)
+    pad = lambda x: sharding.place_images(sharding.pad_to_mesh(x, mesh), mesh)  # noqa: E731
+    return FitData(pad(observed), pad(euler), setup, mesh, sharding.place_images(weights, mesh))
+
+
+def on_mesh(params, state, mesh):
+    """Per-image parameters (and the optimizer state's per-image parts) padded and split
+    over ``mesh``; atoms replicated. No-op without a mesh or when already padded."""
+    if mesh is None:
+        return params, state
+    m_pad = sharding.padded_count(params.drift_A.shape[0], mesh)
+    if params.drift_A.shape[0] != m_pad:
+        params = sharding.pad_params(params, mesh)
+        state = sharding.pad_params(state, mesh)
+    return sharding.place(params, mesh), sharding.place(state, mesh)
+
+
+def off_mesh(params, state, n_angles: int):
+    """The per-image parameters of the real images only, on this process (host-side
+    steps, checkpoints, reports; with several processes every one gets the same copy)."""
+    params, state = sharding.to_host((params, state))
+    return sharding.unpad_params(params, n_angles), sharding.unpad_params(state, n_angles)
+
+
+def n_pieces(steps: int) -> int:
+    """Equal pieces a phase's steps are run in: up to 10, dividing ``steps`` exactly
+    (one compiled shape per run) and at least 5 steps long."""
+    return next(
+        k for k in (10, 8, 6, 5, 4, 3, 2, 1) if steps % k == 0 and steps // k >= 5 or k == 1
+    )
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit", unit="step", disable=not enabled, leave=True)
+
+
+@dataclasses.dataclass
+class FitState:
+    """Where a fit stands: its parameters and optimizer state, ``phase`` phases done and
+    ``step`` steps of the next one (host-side bookkeeping between compiled pieces)."""
+
+    params: Params
+    state: Any
+    rates: Rates
+    history: dict[str, Any]
+    phase: int = 0
+    step: int = 0
+    phase_rejected: int = 0  # rejected steps so far in the phase in progress
+    elapsed0_s: float = 0.0  # run time of the earlier calls (resume)
+
+    def progress(self, opt) -> dict[str, int]:
+        return {
+            "phase": self.phase,
+            "step": self.step,
+            "n_phases": opt.n_phases,
+            "steps_per_phase": opt.steps_per_phase,
+        }
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What :func:`run` hands back to :func:`atomjax.reconstruct.reconstruct`."""
+
+    params: Params
+    species: np.ndarray | None
+    report: dict[str, Any]
+
+
+def prepare(series, config):
+    """(observed (numpy), observed, euler, setup, probe, background): what every start
+    needs, computed from the series and the settings alone."""
+    dtype = jnp.asarray(0.0).dtype
+    observed_np = observed_images(series, config)
+    setup = make_setup(series, config)
+    probe = make_probe(series, config, setup)
+    setup = with_depth_rank(setup, probe, config.depth_rank)
+    background = initial_background(observed_np, config.background_init)
+    euler = jnp.asarray(series.euler_rad, dtype)
+    return observed_np, jnp.asarray(observed_np, dtype), euler, setup, probe, background
+
+
+def new_fit(series, config, observed_np, euler, setup, probe, background, initial_positions_A,
+            progress) -> tuple[Params, Rates, dict]:  # fmt: skip
+    """The starting atoms (:mod:`atomjax.init` or given) and their amplitude scale:
+    (params, learning rates, history)."""
+    dtype = euler.dtype
+    drift0 = jnp.zeros((series.n_angles, 3), dtype)
+    signal = observed_np - background[:, None, None]
+    if initial_positions_A is None:
+        pos, widths, amps = init.initial_atoms(
+            signal, series.euler_deg, None, series.pixel_size_A, config.init, progress
+        )
+    else:
+        pos = metrics.as_points(initial_positions_A, "initial_positions_A")
+        widths = np.full(len(pos), config.init.width_A2)
+        amps = np.full(len(pos), config.init.amplitude)
+    if len(pos) == 0:
+        raise ValueError(
+            "initialisation found no atoms; lower init.peak_fraction / support_fraction "
+            "or try init.method='grid'"
+        )
+    capacity = adapt.bucket_capacity(len(pos))
+    atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
+    if config.calibrate_amplitude:
+        scale = calibrate_amplitudes(atoms, jnp.asarray(signal, dtype), euler, drift0, probe, setup)
+        amps = np.asarray(amps) * max(scale, 1e-12)
+        atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
+    bg = jnp.asarray(background, dtype) if config.fit_background else None
+    params = Params(atoms, drift0, probe, bg)
+    rates = Rates.from_config(config.optim, float(np.median(amps)))
+    history = {"loss": [], "phases": [], "n_atoms_initial": len(pos)}
+    return params, rates, history
+
+
+def resumed_fit(series, config, folder, probe, background, dtype, method: str):
+    """The fit state saved in ``folder`` (checked against this series and settings) and
+    the checkpoint's metadata."""
+    meta = checkpoint.read_meta(folder)
+    checkpoint.check_resumable(meta, config.to_dict(), checkpoint.series_info(series))
+    atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
+    bg = jnp.asarray(background, dtype) if config.fit_background else None
+    params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg)
+    rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
+    optimizer = make_optimizer(method, config.optim, rates)
+    params, state = checkpoint.load(folder, (params, optimizer.init(params)))
+    fit = FitState(
+        params, state, rates, meta["history"], int(meta["phase"]), int(meta.get("step", 0)),
+        int(meta.get("phase_rejected", 0)), float(meta.get("elapsed_s", 0.0)),
+    )  # fmt: skip
+    return fit, meta
+
+
+def _agreed(flag: bool) -> bool:
+    """``flag`` on any process (every process must stop at the same piece)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _piece_converged(losses: np.ndarray, moved_A: float, opt) -> bool:
+    """A piece converged: the loss fell by less than converge_rtol of itself and no atom
+    moved more than converge_move_A."""
+    first, last = float(losses[0]), float(losses[-1])
+    if not (np.isfinite(first) and np.isfinite(last)) or first <= 0:
+        return False
+    return (first - last) < opt.converge_rtol * first and moved_A < opt.converge_move_A
+
+
+def run(series, config, out, run_folder, resume, progress, figures, max_phases,
+        initial_positions_A, record, stop) -> Outcome:  # fmt: skip
+    """Fit ``series`` with ``config``: see the module docstring."""
+    t0 = time.perf_counter()
+    m = series.n_angles
+    opt = config.optim
+    method = opt.method  # resolved by ReconstructConfig
+    observed_np, observed, euler, setup, probe, background = prepare(series, config)
+    ckpt = out / "checkpoint" if out is not None and config.checkpoint else None
+    meta = None
+    if resume:
+        fit, meta = resumed_fit(series, config, ckpt, probe, background, euler.dtype, method)
+        if fit.phase > opt.n_phases:
+            raise ValueError(
+                f"the run has done {fit.phase} phases; optim.n_phases={opt.n_phases} would "
+                "drop some: resume with optim.n_phases ≥ the phases done"
+            )
+    else:
+        params, rates, history = new_fit(series, config, observed_np, euler, setup, probe,
+                                         background, initial_positions_A, progress)  # fmt: skip
+        state = make_optimizer(method, opt, rates).init(params)
+        fit = FitState(params, state, rates, history)
+    optimizer = make_optimizer(method, opt, fit.rates)
+    if meta is not None and meta.get("angle_chunk"):
+        setup = dataclasses.replace(setup, angle_chunk=int(meta["angle_chunk"]))
+    else:
+        setup = resolve_angle_chunk(setup, config, m, fit.params.atoms.capacity,
+                                    euler.dtype.itemsize)  # fmt: skip
+    info = checkpoint.series_info(series)
+    if run_folder is not None:
+        app = record if record is not None else run_folder.record.get("app")
+        run_folder.update(atomjax_version=_version(), series=info, settings=config.to_dict(),
+                          app=app, progress=fit.progress(opt), optimizer=method)  # fmt: skip
+
+    def elapsed() -> float:
+        return fit.elapsed0_s + time.perf_counter() - t0
+
+    def save_checkpoint() -> None:
+        if ckpt is None or run_folder is None:
+            return
+        meta = {
+            "history": fit.history,
+            "rates": [list(r) for r in fit.rates.values],
+            "elapsed_s": elapsed(),
+            "config": config.to_dict(),
+            "series": info,
+            "angle_chunk": setup.angle_chunk,
+            "capacity": fit.params.atoms.capacity,
+            "phase_rejected": fit.phase_rejected,
+            "optimizer": method,
+        }
+        checkpoint.save(ckpt, fit.phase, fit.step, off_mesh(fit.params, fit.state, m), meta)
+        run_folder.update(progress=fit.progress(opt))
+
+    data = fit_data(config, observed, euler, setup)
+    fit.params, fit.state = on_mesh(fit.params, fit.state, data.mesh)
+    steps = opt.steps_per_phase
+    bar = _progress_bar(opt.n_phases * steps, progress)
+    bar.update(fit.phase * steps + fit.step)
+    last = opt.n_phases if max_phases is None else min(opt.n_phases, fit.phase + int(max_phases))
+    stopped_by = None
+    converged_run = bool(fit.history.get("converged", False))
+    while fit.phase < last and stopped_by is None and not converged_run:
+        phase = fit.phase
+        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase), steps)
+        converged = False
+        for piece in np.split(np.arange(steps), n_pieces(steps)):
+            # a few compiled scans per phase: the progress bar moves, a stop can land
+            if piece[0] < fit.step:
+                continue  # done before the checkpoint this run resumed from
+            if _agreed(stop.requested):
+                stopped_by = stop.signal_name or "request"
+                break
+            before = fit.params
+            params, state, losses, n_bad = optimizer.run(
+                fit.params, fit.state, phase, keys[piece[0] : piece[-1] + 1], data
+            )
+            fit.params, fit.state = params, state
+            losses = np.asarray(losses)
+            fit.history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
+            fit.step = int(piece[-1]) + 1
+            fit.phase_rejected += int(n_bad)
+            bar.update(len(piece))
+            bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
+            if opt.converge and _piece_converged(losses, max_displacement_A(before, params), opt):
+                converged = True
+                bar.update(steps - fit.step)  # the budget the phase did not need
+                break
+        if stopped_by is not None:
+            break
+        losses = np.asarray(
+            [np.nan if x is None else x for x in fit.history["loss"][-fit.step :]], dtype=float
+        )
+        phase_record = {
+            "phase": phase,
+            "n_steps": fit.step,
+            "converged": converged,
+            "loss_start": float(losses[0]),
+            "loss_end": float(losses[-1]),
+            "rejected_steps": fit.phase_rejected,
+            "n_atoms": fit.params.atoms.n_alive,
+            **optimizer.describe(fit.state),
+        }
+        changed = False
+        if config.adapt_between_phases and phase < opt.n_phases - 1:
+            params, source, counts = adapt_step(
+                *off_mesh(fit.params, None, m)[:1], observed, euler, setup, config
+            )
+            state = optimizer.resize(off_mesh(fit.params, fit.state, m)[1], params, source)
+            fit.params, fit.state = on_mesh(params, state, data.mesh)
+            phase_record.update(counts)
+            changed = counts["merged"] + counts["pruned"] + counts["added"] > 0
+        gained = (losses[0] - losses[-1]) / losses[0] if losses[0] > 0 else 0.0
+        converged_run = opt.converge and converged and not changed and gained < opt.converge_rtol
+        fit.history["phases"].append(phase_record)
+        fit.history["converged"] = converged_run
+        fit.phase, fit.step, fit.phase_rejected = phase + 1, 0, 0
+        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=fit.params.atoms.n_alive)
+        save_checkpoint()
+    if stopped_by is not None:
+        save_checkpoint()
+    elif not converged_run and fit.phase < opt.n_phases:
+        stopped_by = "max_phases"
+    bar.close()
+    params, _ = off_mesh(fit.params, None, m)
+    status = "finished" if stopped_by is None else "interrupted"
+    ending = "converged" if converged_run else ("budget" if stopped_by is None else stopped_by)
+    calc = np.asarray(params.images(euler, setup))
+    alive = params.atoms.alive_numpy()
+    species = report.classify(config, alive)
+    rep = report.build_report(
+        series, config, params, observed_np, calc, setup, fit.history, fit.progress(opt),
+        elapsed(), status, stopped_by, method, species,
+    )  # fmt: skip
+    rep["ended_by"] = ending
+    if run_folder is not None:
+        report.write_outputs(run_folder, config, series, params, observed_np, calc, rep, species,
+                             figures)  # fmt: skip
+        run_folder.update(status=status, stopped_by=stopped_by, error=None,
+                          progress=fit.progress(opt))  # fmt: skip
+    return Outcome(params, species, rep)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

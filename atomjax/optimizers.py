@@ -1,0 +1,168 @@
+"""The optimizers a reconstruction can fit with, behind one small interface.
+
+The driver (:mod:`atomjax.reconstruct`) holds an :class:`Optimizer` and never asks which
+one: it runs compiled pieces of steps (:meth:`Optimizer.run`), gives the optimizer its
+state back after the atoms changed between phases (:meth:`Optimizer.resize`), and saves
+whatever the state is in checkpoints. Two implementations:
+
+* :class:`Adam` — optax Adam per parameter group, the learning rate decaying per
+  phase (:func:`atomjax.fit.run_steps`); fits everything, in every mode, on any number
+  of devices, with mini-batches of angles;
+* :class:`LevenbergMarquardt` — second-order steps on the atoms and the background
+  (:mod:`atomjax.levenberg`); direct and rigid modes, MSE or Poisson loss, one device,
+  all images every step.
+
+:func:`make_optimizer` picks one from ``OptimConfig.method`` ("auto": Levenberg–
+Marquardt where it applies, else Adam).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import fit, levenberg
+from .fit import OptimConfig, Params, Rates
+
+METHODS = ("auto", "adam", "lm")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitData:
+    """What every step sees: the images as fitted, their angles, the imaging setup, and
+    the device mesh (None: one device) with the padded images' weights."""
+
+    observed: Any
+    euler_rad: Any
+    setup: Any
+    mesh: Any = None
+    weights: Any = None
+
+
+class Optimizer(Protocol):
+    """The interface the driver uses (see the module docstring)."""
+
+    name: str
+
+    def init(self, params: Params) -> Any:
+        """A fresh state for ``params``."""
+
+    def resize(self, state, new_params: Params, source: np.ndarray) -> Any:
+        """The state after the atoms changed: ``source[i]`` the old slot atom i comes
+        from, -1 for a new atom."""
+
+    def run(self, params: Params, state, phase: int, keys, data: FitData):
+        """Steps of phase ``phase``, one per key: (params, state, losses (k,), rejected)."""
+
+    def describe(self, state) -> dict[str, float]:
+        """A few numbers of the state for the phase's record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam:
+    config: OptimConfig
+    rates: Rates
+    name: str = "adam"
+
+    def init(self, params):
+        dtype = params.atoms.positions_A.dtype
+        return fit.init_state(params, self.config, self.rates), jnp.asarray(1.0, dtype)
+
+    def resize(self, state, new_params, source):
+        opt_state, lr_scale = state
+        return fit.resize_state(opt_state, new_params, source, self.config, self.rates), lr_scale
+
+    def run(self, params, state, phase, keys, data):
+        opt_state, lr_scale = state
+        dtype = data.observed.dtype
+        lr_mult = jnp.asarray(self.config.lr_decay_per_phase**phase, dtype)
+        params, opt_state, lr_scale, losses, n_bad = fit.run_steps(
+            params, opt_state, jnp.asarray(lr_scale, dtype), lr_mult, keys, data.observed,
+            data.euler_rad, data.setup, self.config, self.rates, mesh=data.mesh,
+            weights=data.weights,
+        )  # fmt: skip
+        return params, (opt_state, lr_scale), losses, n_bad
+
+    def describe(self, state):
+        return {"lr_scale": float(state[1])}
+
+
+@dataclasses.dataclass(frozen=True)
+class LevenbergMarquardt:
+    config: OptimConfig
+    rates: Rates
+    name: str = "lm"
+
+    def init(self, params):
+        return levenberg.LMState.create(self.config, params.atoms.positions_A.dtype)
+
+    def resize(self, state, new_params, source):
+        # nothing is kept per atom; the damping starts afresh for the changed atoms
+        return self.init(new_params)
+
+    def run(self, params, state, phase, keys, data):
+        return levenberg.run_steps(params, state, keys, data.observed, data.euler_rad,
+                                   data.setup, self.config, self.rates)  # fmt: skip
+
+    def describe(self, state):
+        return {"lm_lambda": float(state.lam)}
+
+
+def lm_limits(config: OptimConfig, mode: str, probe_fit: str, shard_devices, has_drift: bool):
+    """Why Levenberg–Marquardt cannot fit this run (a list of reasons; empty: it can)."""
+    why = []
+    if mode == "adaptive":
+        why.append("mode 'adaptive' fits the probe, which Levenberg–Marquardt does not")
+    if config.loss not in levenberg.LM_LOSSES:
+        why.append(f"loss {config.loss!r} (it takes {levenberg.LM_LOSSES})")
+    if shard_devices not in (None, 1):
+        why.append("shard_devices (it runs on one device)")
+    if config.batch_angles is not None:
+        why.append("batch_angles (it uses all images every step)")
+    if has_drift and config.lr_drift_A > 0:
+        why.append("lr_drift_A > 0 (it does not fit drift)")
+    return why
+
+
+def resolve_method(config: OptimConfig, mode: str, probe_fit: str = "pixel",
+                   shard_devices=None) -> str:  # fmt: skip
+    """ "adam" or "lm" for ``config.method``; "auto" is "lm" wherever it applies."""
+    why = lm_limits(config, mode, probe_fit, shard_devices, True)
+    if config.method == "lm" and why:
+        raise ValueError("optim.method='lm' cannot be used here: " + "; ".join(why))
+    if config.method == "auto":
+        return "adam" if why else "lm"
+    return config.method
+
+
+def make_optimizer(method: str, config: OptimConfig, rates: Rates) -> Optimizer:
+    """The optimizer for a resolved ``method`` ("adam" or "lm")."""
+    if method == "lm":
+        return LevenbergMarquardt(config, rates)
+    if method == "adam":
+        return Adam(config, rates)
+    raise ValueError(f"unknown optimizer {method!r}; choose one of {METHODS}")
+
+
+def max_displacement_A(before: Params, after: Params) -> float:
+    """The largest move of an atom that is alive in both (Å), host-side."""
+    alive = np.asarray(before.atoms.alive) & np.asarray(after.atoms.alive)
+    if not alive.any():
+        return 0.0
+    move = np.asarray(after.atoms.positions_A) - np.asarray(before.atoms.positions_A)
+    return float(np.max(np.linalg.norm(move[alive], axis=1)))
+
+
+__all__ = [
+    "METHODS",
+    "Adam",
+    "FitData",
+    "LevenbergMarquardt",
+    "Optimizer",
+    "make_optimizer",
+    "max_displacement_A",
+    "resolve_method",
+]
