@@ -113,7 +113,8 @@ def simulate_task(cfg: dict[str, Any], out_dir: pathlib.Path, log=None) -> str:
 
 
 #: settings of one call, not of the run: a resumed run takes them from its command line
-PER_CALL = ("resume", "overwrite", "progress", "figures", "max_phases", "distributed")
+PER_CALL = ("resume", "overwrite", "progress", "figures", "max_phases", "distributed",
+            "xla_cache")  # fmt: skip
 #: settings of the run that a resumed run may be given anew; any other setting given
 #: that differs from the record is refused
 RESUME_MAY_CHANGE = ("optim.n_phases", "reconstruct.shard_devices", "cache_dir")
@@ -247,6 +248,10 @@ def reconstruct_task(
     runfolder.check_use(runfolder.inspect(out), resume, overwrite)  # before any work
     if cfg.get("distributed"):  # one process per device: join them before JAX starts
         jax.distributed.initialize()
+    if cfg.get("xla_cache") and cfg.get("cache_dir"):
+        # compiled programs kept on disk: a second run of the same sizes skips compiling
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(cfg["cache_dir"]) / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     config = config_from_settings(cfg)
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
     # the record names the files from anywhere: absolute paths

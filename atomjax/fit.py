@@ -73,7 +73,7 @@ class OptimConfig:
     b2: float = 0.999
     converge: bool = True  # end a phase (and the run) early once converged
     converge_rtol: float = 1e-5  # ... when a piece's loss falls by less than this, relative
-    converge_move_A: float = 0.002  # ... and no atom moves more than this in it
+    converge_move_A: float = 0.005  # ... and no atom moves more than this in it (0.5 pm)
     lm_lambda0: float = 1e-3  # Levenberg–Marquardt: the first damping (× diag of the blocks)
     lm_cg_iterations: int = 4  # conjugate-gradient iterations per step (0: block-Jacobi)
     lm_cg_tol: float = 0.1  # ... stopping at this relative residual

@@ -49,8 +49,12 @@ PUBLISHED_RMSD_PM = 17.3  # their paper, this dose, their scoring
 VARIANTS = {
     "mse": [],
     # today's main before issue 14, reproduced: Adam for all 6 × 150 steps, window scatter
-    "main": ["optim.method=adam", "optim.steps_per_phase=150", "optim.converge=false",
-             "reconstruct.kernel=scatter"],  # fmt: skip
+    "main": [
+        "optim.method=adam",
+        "optim.steps_per_phase=150",
+        "optim.converge=false",
+        "reconstruct.kernel=scatter",
+    ],
     "adam": ["optim.method=adam"],  # Adam with the matrix-product kernel and convergence
     "poisson": ["optim.loss=poisson"],
     # the depth-dependent interaction with an assumed probe (300 kV, 25 mrad: conf/probe/
@@ -292,8 +296,18 @@ def main(argv=None) -> int:
     for run in runs:
         rows[f"atomjax {run['variant']}"] = {
             **scores(run["positions_A"], truth),
-            **{k: run[k] for k in ("loss", "mode", "seconds", "r_factor", "n_steps", "overrides",
-                                   "optimizer")},  # fmt: skip
+            **{
+                k: run[k]
+                for k in (
+                    "loss",
+                    "mode",
+                    "seconds",
+                    "r_factor",
+                    "n_steps",
+                    "overrides",
+                    "optimizer",
+                )
+            },
             "positions_A": run["positions_A"],
         }
         shutil.copy(run["run_dir"] / "atoms.extxyz", out / f"asi_208_{run['variant']}.extxyz")

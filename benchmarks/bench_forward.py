@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import best_time  # benchmarks/ is on sys.path when run as a script
 
 from atomjax.atoms import Atoms
 from atomjax.loss import mse
@@ -36,16 +36,6 @@ SIZES = [  # atoms, angles, image pixels (square), slices
     (8000, 32, 256, 32),
 ]
 QUICK = [(200, 4, 64, 4)]
-
-
-def best_time(fn, *args, repeat=3):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def bench(n_atoms, n_angles, n_pix, n_slices, chunk):

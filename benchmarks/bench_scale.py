@@ -46,7 +46,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_forward import best_time  # benchmarks/ is on sys.path when run as a script
+from common import best_time  # benchmarks/ is on sys.path when run as a script
+from common import machine as common_machine
 
 from atomjax import Atoms, ImagingSetup, ProbeSettings, euler_from_tilts_deg, make_probe
 from atomjax.geometry import linear_slice_weights, to_image_frame
@@ -413,6 +414,60 @@ def breakdown(size: Size, repeat: int, log=print) -> dict:
     return row
 
 
+#: (atoms, angles) of the kernel comparison, at 0.5 Å pixels
+KERNEL_POINTS = ((1000, 8), (4000, 8), (16000, 8), (50000, 8), (200000, 8), (200000, 72))
+KERNEL_POINTS_QUICK = ((300, 4), (1000, 4))
+
+
+def kernel_rows(points, pixel_A: float, repeat: int, log=print) -> list[dict]:
+    """Loss + gradient with each splat kernel (:mod:`atomjax.splat`) next to the FFT
+    bound, all in one run: direct and rigid with the window scatter (the kernel before
+    matrix products) and with ``kernel="auto"``, and rigid with a rank-3 depth basis."""
+    rows = []
+    for n, m in points:
+        size = particle_size(n, m, pixel_A)
+        chunk = min(TIME_CHUNK, auto_chunk(size), m)
+        problem = make_problem(size, chunk)
+        basis = depth_basis(np.asarray(problem.probe.stack), 3)
+        direct = dataclasses.replace(problem.setup, n_slices=1)
+        variants = {
+            "direct_scatter": (dataclasses.replace(direct, kernel="scatter"), None),
+            "direct_auto": (direct, None),
+            "rigid_scatter": (dataclasses.replace(problem.setup, kernel="scatter"), problem.probe),
+            "rigid_auto": (problem.setup, problem.probe),
+            "rigid_rank3_auto": (
+                dataclasses.replace(problem.setup, depth_basis=basis),
+                problem.probe,
+            ),
+        }
+        large = n * m > 4_000_000  # the biggest point: one timed run, the slowest left out
+        if large:
+            variants.pop("rigid_scatter")
+            variants.pop("rigid_auto")
+        row = {**dataclasses.asdict(size), "angle_chunk": chunk}
+        row["fft_s"] = fft_bound_s(size, 1 if large else repeat)
+        for name, (setup, probe) in variants.items():
+
+            def loss(diff, static, probe, euler, drift, target, setup=setup):
+                images = render_series(eqx.combine(diff, static), euler, drift, probe, setup)
+                return mse(target, images)
+
+            fn = jax.jit(jax.value_and_grad(loss))
+            args = (problem.diff, problem.static, probe, problem.euler_rad, problem.drift_A,
+                    problem.target)  # fmt: skip
+            row[f"{name}_s"] = best_time(fn, *args, repeat=1 if large else repeat)
+            log(f"  {size.label()}: {name} {row[f'{name}_s']:.3g} s", flush=True)
+        row["direct_speedup"] = row["direct_scatter_s"] / row["direct_auto_s"]
+        row["rigid_rank3_over_fft"] = row["rigid_rank3_auto_s"] / row["fft_s"]
+        if "rigid_scatter_s" in row:
+            row["rigid_scatter_over_fft"] = row["rigid_scatter_s"] / row["fft_s"]
+            row["rigid_auto_over_fft"] = row["rigid_auto_s"] / row["fft_s"]
+        rows.append(row)
+        log(f"  → direct ×{row['direct_speedup']:.1f} faster; rigid rank 3 / FFT bound "
+            f"{row['rigid_rank3_over_fft']:.1f}", flush=True)  # fmt: skip
+    return rows
+
+
 def memory_rows(plan: Plan, log=print) -> list[dict]:
     """XLA's planned temp bytes of loss + gradient vs angles, chunked and unchunked."""
     rows = []
@@ -643,10 +698,26 @@ def main():
         help="skip the largest atom points when they would end the run later",
     )
     parser.add_argument("--replot", help="only redraw --figure from this results JSON")
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only the splat-kernel comparison (results_kernels_cpu.json unless --out)",
+    )
     args = parser.parse_args()
     if args.replot:
         with open(args.replot) as f:
             plot(json.load(f), args.figure or str(HERE / "scale.png"))
+        return
+    if args.kernels:
+        points = KERNEL_POINTS_QUICK if args.quick else KERNEL_POINTS
+        print(f"kernels: {common_machine()}")
+        rows = kernel_rows(points, 0.5, args.repeat)
+        out = args.out or (None if args.quick else str(HERE / "results_kernels_cpu.json"))
+        if out:
+            with open(out, "w") as f:
+                json.dump({"machine": common_machine(), "date": datetime.date.today().isoformat(),
+                           "pixel_A": 0.5, "rows": rows}, f, indent=1)  # fmt: skip
+            print(f"→ {out}")
         return
     plan = QUICK if args.quick else FULL
     out = args.out or (None if args.quick else str(HERE / "results_scale_cpu.json"))

@@ -232,6 +232,22 @@ def score(found_A: np.ndarray, truth_A: np.ndarray, cutoff_A: float = 0.75) -> d
     return out
 
 
+def best_time(fn, *args, repeat=3):
+    """The best of ``repeat`` timed calls of ``fn(*args)`` (s), after one to compile and
+    warm up."""
+    import time
+
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def machine() -> dict[str, Any]:
     """Where a benchmark ran: processor, cores, Python, JAX and its devices."""
     import jax
