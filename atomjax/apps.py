@@ -235,7 +235,7 @@ def reconstruct_task(
     """
     import jax
 
-    from . import runfolder
+    from . import compile_cache, runfolder
     from .interrupt import stop_requests
     from .pipeline import absolute_paths, config_from_settings, load_series, print_summary, summary
     from .reconstruct import reconstruct
@@ -250,8 +250,7 @@ def reconstruct_task(
         jax.distributed.initialize()
     if cfg.get("xla_cache") and cfg.get("cache_dir"):
         # compiled programs kept on disk: a second run of the same sizes skips compiling
-        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(cfg["cache_dir"]) / "xla"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        compile_cache.enable(pathlib.Path(cfg["cache_dir"]) / "xla")
     config = config_from_settings(cfg)
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
     # the record names the files from anywhere: absolute paths
@@ -353,12 +352,30 @@ def evaluate_task(
         aet_cutoff_A=float(cfg["aet_cutoff_A"]),
     )
     print(format_table(result))
+    sigmas = _sigma_columns(found)
+    if sigmas is not None:  # atoms with error bars: are they honest?
+        from .uncertainty import calibrate, format_calibration
+
+        result["calibration"] = calibrate(fpos, sigmas, tpos, cutoff_A=float(cfg["cutoff_A"]))
+        print(format_calibration(result["calibration"]))
     if cfg["json"]:
         from .outputs import write_json
 
         write_json(cfg["json"], result)
         print(f"→ {cfg['json']}")
     return result
+
+
+def _sigma_columns(path: pathlib.Path) -> dict[str, Any] | None:
+    """The σ columns of an atoms.extxyz, or None (another format, or no columns)."""
+    from .uncertainty import SIGMA_NAMES
+
+    if path.suffix.lower() != ".extxyz":
+        return None
+    from .outputs import read_extxyz
+
+    columns = read_extxyz(path)["columns"]
+    return columns if all(n in columns for n in SIGMA_NAMES[:3]) else None
 
 
 class SweepSummary:

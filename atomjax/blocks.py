@@ -74,9 +74,15 @@ def _image_blocks(uvw_A, widths_A2, amplitudes, rotation, setup) -> Float[Array,
         ],
         -2,
     )  # (n, 4, 4) in (u, v, B, H)
+    return to_xyz(g4, rotation)
+
+
+def to_xyz(g4, rotation):
+    """(…, 5, 5) in (x, y, z, B, H) from (…, 4, 4) in (u, v, B, H) of one image, its
+    rotation ``rotation``: (u, v) are the first two rows of R x."""
     a = jnp.zeros((4, N_PARAMS), rotation.dtype)
     a = a.at[:2, :3].set(rotation[:2]).at[2, 3].set(1.0).at[3, 4].set(1.0)
-    return jnp.einsum("pi,npq,qj->nij", a, g4, a)
+    return jnp.einsum("pi,...pq,qj->...ij", a, g4, a)
 
 
 @jax.jit

@@ -43,6 +43,7 @@ from .problem import (
     resolve_angle_chunk,
     with_depth_rank,
 )
+from .uncertainty import atom_sigmas
 
 
 def fit_data(config, observed, euler, setup) -> FitData:
@@ -334,14 +335,19 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     calc = np.asarray(params.images(euler, setup))
     alive = params.atoms.alive_numpy()
     species = report.classify(config, alive)
+    sigmas = None
+    if config.uncertainty and params.atoms.n_alive:
+        t0 = time.perf_counter()
+        sigmas = atom_sigmas(params, observed_np, calc, euler, setup)
+        sigmas["seconds"] = time.perf_counter() - t0
     rep = report.build_report(
         series, config, params, observed_np, calc, setup, fit.history, fit.progress(opt),
-        elapsed(), status, stopped_by, method, species,
+        elapsed(), status, stopped_by, method, species, sigmas,
     )  # fmt: skip
     rep["ended_by"] = ending
     if run_folder is not None:
         report.write_outputs(run_folder, config, series, params, observed_np, calc, rep, species,
-                             figures)  # fmt: skip
+                             figures, sigmas)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
     return Outcome(params, species, rep)

@@ -236,10 +236,12 @@ def write_extxyz(
     amplitudes: Any,
     species: Sequence[str] | None = None,
     info: Mapping[str, Any] | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
     """Write atoms to an extended XYZ file (atomically), readable by ``ase.io.read``.
 
-    Per-atom columns: species, pos (Å), ``width_A2`` (Å²) and ``amplitude``. ``species``
+    Per-atom columns: species, pos (Å), ``width_A2`` (Å²) and ``amplitude``, then any
+    float ``columns`` ({name: (n,)}, e.g. the standard deviations ``sigma_x_A``). ``species``
     None writes the dummy symbol "X"; otherwise each entry must be a chemical symbol.
     ``info`` (string keys; str/int/float/bool values) goes into the comment line; a value
     the format would read back differently (e.g. the string "1.5", a string with a
@@ -277,19 +279,27 @@ def write_extxyz(
         ) from err
     atoms.arrays["width_A2"] = width.copy()
     atoms.arrays["amplitude"] = amp.copy()
+    extra = {}
+    for name, values in (columns or {}).items():
+        if name in atoms.arrays or name in EXTXYZ_COLUMNS or not name.isidentifier():
+            raise ValueError(f"column name {name!r} is taken or not a plain identifier")
+        extra[name] = _as_finite(values, name, (n,))
+        atoms.arrays[name] = extra[name].copy()
     atoms.info.update(clean_info)
 
     buf = io.StringIO()
-    ase.io.write(buf, atoms, format="extxyz", columns=list(EXTXYZ_COLUMNS))
+    ase.io.write(buf, atoms, format="extxyz", columns=[*EXTXYZ_COLUMNS, *extra])
     lines = buf.getvalue().splitlines()
-    if len(lines) != n + 2 or lines[0].strip() != str(n) or _EXTXYZ_PROPERTIES not in lines[1]:
+    properties = _EXTXYZ_PROPERTIES + "".join(f":{name}:R:1" for name in extra)
+    if len(lines) != n + 2 or lines[0].strip() != str(n) or properties not in lines[1]:
         raise RuntimeError(
             "unexpected extxyz layout from ase.io.write; expected "
-            f"{_EXTXYZ_PROPERTIES!r} in {lines[1] if len(lines) > 1 else lines!r:.200}"
+            f"{properties!r} in {lines[1] if len(lines) > 1 else lines!r:.200}"
         )
+    table = np.column_stack([pos, width, amp, *extra.values()]) if n else np.zeros((0, 5))
     rows = [
-        f"{s:<3}" + "".join(_fmt_float(v) for v in (*p, w, a))
-        for s, p, w, a in zip(symbols, pos.tolist(), width.tolist(), amp.tolist(), strict=True)
+        f"{s:<3}" + "".join(_fmt_float(v) for v in values)
+        for s, values in zip(symbols, table.tolist(), strict=True)
     ]
     for line, row in zip(lines[2:], rows, strict=True):  # same rows as ase's, only more digits
         if line.split()[0] != row.split()[0]:
@@ -301,7 +311,8 @@ def read_extxyz(path: str | os.PathLike) -> dict[str, Any]:
     """Read a single-frame extended XYZ file as written by :func:`write_extxyz`.
 
     Returns ``{"positions_A": (n, 3), "widths_A2": (n,) or None, "amplitudes": (n,) or
-    None, "species": (n,) str or None, "info": dict}``. Columns missing from the file come
+    None, "species": (n,) str or None, "info": dict, "columns": {name: (n,)}}`` (the
+    further float columns, e.g. the standard deviations). Columns missing from the file come
     back as None; species is None when every symbol is the dummy "X". Info values are
     plain Python types; keys ase moves to a calculator (e.g. "energy") are put back.
     """
@@ -324,12 +335,14 @@ def read_extxyz(path: str | os.PathLike) -> dict[str, Any]:
     def column(name: str) -> np.ndarray | None:
         return np.asarray(atoms.arrays[name], dtype=np.float64) if name in atoms.arrays else None
 
+    known = {"numbers", "positions", "width_A2", "amplitude"}
     return {
         "positions_A": np.asarray(atoms.get_positions(), dtype=np.float64),
         "widths_A2": column("width_A2"),
         "amplitudes": column("amplitude"),
         "species": None if (symbols == "X").all() and symbols.size else symbols,
         "info": info,
+        "columns": {k: column(k) for k in atoms.arrays if k not in known},
     }
 
 

@@ -75,6 +75,8 @@ class ReconstructConfig:
     background_init: the starting vacuum level per image (:func:`initial_background`):
     "border" (median of a frame of border pixels: a particle in vacuum), "min" (the 1st
     percentile: a film with no vacuum in view) or "zero".
+    uncertainty: per-atom standard deviations at the end (:mod:`atomjax.uncertainty`),
+    written as atoms.extxyz columns and summarised in report.json.
     """
 
     mode: str = "direct"
@@ -96,6 +98,7 @@ class ReconstructConfig:
     species: tuple[str, ...] | None = None
     species_method: str = "gmm"
     checkpoint: bool = True
+    uncertainty: bool = True
     seed: int = 0
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, metrics, outputs, runfolder
+from . import checkpoint, metrics, outputs, runfolder, uncertainty
 from .fit import probe_kind
 from .render import PhysicalProbe
 
@@ -33,8 +33,10 @@ def classify(config, alive: dict[str, np.ndarray]):
 
 
 def build_report(series, config, params, observed, calc, setup, history, progress, elapsed_s,
-                 status, stopped_by, optimizer, species) -> dict[str, Any]:  # fmt: skip
-    """The run's report (a JSON-ready dict)."""
+                 status, stopped_by, optimizer, species, sigmas=None):  # fmt: skip
+    """The run's report (a JSON-ready dict); ``sigmas`` from
+    :func:`atomjax.uncertainty.atom_sigmas`, summarised (and calibrated against the
+    ground truth when the series carries it)."""
     a = params.atoms.alive_numpy()
     rf = metrics.r_factor_series(observed, calc)
     report: dict[str, Any] = {
@@ -64,6 +66,12 @@ def build_report(series, config, params, observed, calc, setup, history, progres
         from .species import species_summary
 
         report["species"] = species_summary(species, a["amplitudes"], a["widths_A2"])
+    if sigmas is not None:
+        report["uncertainty"] = {**uncertainty.summary(sigmas), "seconds": sigmas["seconds"]}
+        if series.atoms_positions_A is not None:
+            report["uncertainty"]["calibration"] = uncertainty.calibrate(
+                a["positions_A"], sigmas, series.atoms_positions_A
+            )
     if series.atoms_positions_A is not None:
         truth_species = series.atoms_species if species is not None else None
         report["metrics"] = metrics.evaluate(
@@ -75,9 +83,10 @@ def build_report(series, config, params, observed, calc, setup, history, progres
     return report
 
 
-def write_outputs(run, config, series, params, observed, calc, report, species, figures):
-    """atoms.extxyz, the figures and report.json in the run folder; records them as the
-    run's outputs."""
+def write_outputs(run, config, series, params, observed, calc, report, species, figures,
+                  sigmas=None):  # fmt: skip
+    """atoms.extxyz (with the σ columns when ``sigmas`` is given), the figures and
+    report.json in the run folder; records them as the run's outputs."""
     out = run.path
     a = params.atoms.alive_numpy()
     made = ["atoms.extxyz"]
@@ -88,10 +97,16 @@ def write_outputs(run, config, series, params, observed, calc, report, species, 
         a["amplitudes"],
         species=species,
         info={"mode": config.mode, "n_atoms": len(a["positions_A"]), "status": report["status"]},
+        columns=None if sigmas is None else {k: sigmas[k] for k in uncertainty.SIGMA_NAMES},
     )
     if figures:
         made += _write_figures(out, series, observed, calc, report["history"], a,
                                params.atoms.n_alive)  # fmt: skip
+        if sigmas is not None:
+            outputs.figure_atoms(out / "atoms_sigma.png", a["positions_A"],
+                                 uncertainty.sigma_xyz_pm(sigmas), series.atoms_positions_A,
+                                 values_label="σ of the position, √(σx²+σy²+σz²) (pm)")  # fmt: skip
+            made.append("atoms_sigma.png")
     report["outputs"] = {"folder": str(out)}
     outputs.write_json(out / "report.json", report)
     made.append("report.json")

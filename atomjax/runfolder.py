@@ -53,6 +53,7 @@ OUTPUT_NAMES = (
     "projections.png",
     "loss.png",
     "atoms.png",
+    "atoms_sigma.png",
     "truth.extxyz",
     "reconstruct.log",
     ".hydra",

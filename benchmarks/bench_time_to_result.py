@@ -6,7 +6,11 @@ The same simulated images go to three methods, in one run on one machine:
   ``bench_missing_wedge.py`` (local maxima, 2 Å greedy separation, Otsu's threshold,
   sub-voxel refinement), both in :mod:`common`;
 * **sart**: scikit-image ``iradon_sart``, 3 sweeps, the same tracing;
-* **atomjax**: :func:`atomjax.reconstruct` with its defaults, compilation included.
+* **atomjax**: :func:`atomjax.reconstruct` with its defaults, compilation included
+  (a cold start: JAX's compilation cache is emptied first);
+* **atomjax+**: the same run again after ``jax.clear_caches()``, its compiled programs
+  loaded from the on-disk cache (:mod:`atomjax.compile_cache`) as a second run of the
+  same sizes does (``atomjax-reconstruct`` keeps them in ``<cache_dir>/xla``).
 
 Each row: matched atoms (one-to-one within 0.75 Å), TP/FP, RMSD, wall time.
 
@@ -68,8 +72,11 @@ def run_voxels(method: str, series, sart_iterations: int) -> dict:
 
 
 def run_atomjax(series) -> dict:
+    import jax
+
     from atomjax.reconstruct import reconstruct
 
+    jax.clear_caches()  # compiled in memory: gone; on disk: see main()
     t0 = time.perf_counter()
     result = reconstruct(series, progress=False, figures=False)
     seconds = time.perf_counter() - t0
@@ -103,13 +110,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="one tiny case")
     parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--cold-only", action="store_true", help="no atomjax+ rerun")
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else {k: CASES[k] for k in args.cases.split(",")}
+    import tempfile
+
+    from atomjax import compile_cache
+
+    xla = tempfile.TemporaryDirectory(prefix="atomjax_xla_")  # empty: cold starts
+    compile_cache.enable(xla.name)
     rows = []
     for name, spec in cases.items():
         series = load(name, spec, args.noise_std_rel, args.seed)
         runs = {m: run_voxels(m, series, args.sart_iterations) for m in ("fbp", "sart")}
         runs["atomjax"] = run_atomjax(series)
+        if not args.cold_only:
+            runs["atomjax+"] = run_atomjax(series)  # compiled programs from the disk cache
         for method, run in runs.items():
             row = {"case": name, "method": method, "n_angles": series.n_angles,
                    "image_shape": list(series.image_shape), "pixel_size_A": series.pixel_size_A,

@@ -23,7 +23,7 @@ from atomjax import (
     simulate,
     structures,
 )
-from atomjax.outputs import read_json
+from atomjax.outputs import read_json, write_extxyz
 from atomjax.reconstruct import ReconstructConfig
 
 CONF = apps.CONF_DIR
@@ -192,6 +192,15 @@ def test_simulate_then_evaluate_tasks(tmp_path, capsys):
     assert read_json(tmp_path / "score.json")["fp_rate"] == pytest.approx(1 / 20)
     assert result["confusion"] is None  # unclassified found atoms ("X") are not scored
     assert "TP rate" in capsys.readouterr().out
+    assert "calibration" not in result  # no σ columns
+    # found atoms with error bars (σ 0.1 Å): the calibration of the matched ones
+    from atomjax.uncertainty import SIGMA_NAMES
+
+    write_extxyz(tmp_path / "atoms.extxyz", found, np.full(20, 0.5), np.ones(20),
+                 columns={k: np.full(20, 0.1) for k in SIGMA_NAMES})  # fmt: skip
+    result = apps.evaluate_task(cfg)
+    assert result["calibration"]["z_mean"] == pytest.approx([1, 0, 0])  # all moved by 1σ
+    assert "within 1σ" in capsys.readouterr().out
     with pytest.raises(ValueError, match="truth must be given"):
         apps.evaluate_task(_compose("evaluate", [f"found={tmp_path / 'atoms.extxyz'}"]))
 

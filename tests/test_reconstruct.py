@@ -36,10 +36,16 @@ def test_direct_fit_finds_every_atom_and_writes_the_run_folder(series, tmp_path)
     assert len(loss) == sum(p["n_steps"] for p in phases) <= 3 * 60 and loss[-1] < 0.2 * loss[0]
     assert len(result.report["r_factor"]["per_image"]) == series.n_angles
     # run folder: atoms, report, figures, checkpoint
-    for name in ("atoms.extxyz", "report.json", "projections.png", "loss.png", "atoms.png"):
+    for name in ("atoms.extxyz", "report.json", "projections.png", "loss.png", "atoms.png",
+                 "atoms_sigma.png"):  # fmt: skip
         assert (out / name).is_file(), name
     back = read_extxyz(out / "atoms.extxyz")
     np.testing.assert_allclose(back["positions_A"], result.positions_A, atol=1e-6)
+    # every atom has its error bars; the report their distribution and calibration
+    sigma_x = back["columns"]["sigma_x_A"]
+    assert sigma_x.shape == (len(result.positions_A),) and np.all(sigma_x > 0)
+    u = result.report["uncertainty"]
+    assert 0 < u["predicted_rmsd_pm"] < 15 and len(u["calibration"]["z_std"]) == 3
     report = json.loads((out / "report.json").read_text())
     assert report["n_atoms"] == len(result.positions_A)
     assert report["settings"]["mode"] == "direct"

@@ -1,0 +1,127 @@
+"""Per-atom standard deviations: against the inverse of the dense Fisher matrix, and
+calibrated against the actual errors of fits over many noise seeds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atomjax import fit, levenberg, outputs, uncertainty
+from atomjax.atoms import Atoms
+from atomjax.geometry import euler_from_tilts_deg
+from atomjax.render import ImagingSetup, render_series
+
+SETUP = ImagingSetup((40, 36), 0.3, max_width_A2=1.0)
+
+
+def _cluster(n, min_distance_A, seed=0, m=7, capacity=None):
+    rng = np.random.default_rng(seed)
+    pts = []
+    while len(pts) < n:
+        p = rng.uniform(-3.5, 3.5, 3)
+        if all(np.linalg.norm(p - q) > min_distance_A for q in pts):
+            pts.append(p)
+    euler = jnp.asarray(np.deg2rad(euler_from_tilts_deg(np.linspace(-60, 60, m))))
+    drift = jnp.asarray(rng.normal(0, 0.2, (m, 3)))
+    atoms = Atoms.create(np.array(pts), rng.uniform(0.4, 0.7, n), rng.uniform(0.5, 1.5, n),
+                         capacity=capacity or n)  # fmt: skip
+    return fit.Params(atoms, drift, None, jnp.full(m, 0.1)), euler
+
+
+def _dense_covariance(params, euler, weights):
+    """The live atoms' 5 × 5 blocks of F⁻¹, F = Jᵀ W J of every atom parameter and every
+    background, J by forward-mode autodiff of the renderer (the slow reference)."""
+    atoms = params.atoms
+    n, m = atoms.capacity, euler.shape[0]
+
+    def images(theta, bg):
+        a = Atoms(theta[:, :3], theta[:, 3], theta[:, 4], atoms.alive)
+        return (render_series(a, euler, params.drift_A, None, SETUP) + bg[:, None, None]).ravel()
+
+    theta = jnp.concatenate([atoms.positions_A, atoms.widths_A2[:, None],
+                             atoms.amplitudes[:, None]], 1)  # fmt: skip
+    ja, jb = jax.jacfwd(images, argnums=(0, 1))(theta, params.background)
+    jac = np.concatenate([np.asarray(ja).reshape(-1, n * 5), np.asarray(jb)], 1)
+    keep = np.r_[np.repeat(np.asarray(atoms.alive), 5), np.ones(m, bool)]
+    jac = jac[:, keep]
+    cov = np.linalg.inv(jac.T @ (np.asarray(weights).ravel()[:, None] * jac))
+    return np.stack([cov[5 * i : 5 * i + 5, 5 * i : 5 * i + 5] for i in range(atoms.n_alive)])
+
+
+def _noisy(params, euler, std, seed):
+    clean = params.images(euler, SETUP)
+    return clean + np.random.default_rng(seed).normal(0, std, clean.shape)
+
+
+@pytest.mark.parametrize("n, spacing_A", [(6, 2.5), (10, 1.6)])
+def test_patch_covers_everything_equals_the_dense_inverse(n, spacing_A):
+    params, euler = _cluster(n, spacing_A, capacity=n + 2)  # two dead atoms
+    observed = _noisy(params, euler, 0.3, 0)
+    out = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=n - 1, cutoff_A=1e3)
+    weights = uncertainty.pixel_weights(params.images(euler, SETUP), out["noise"])
+    dense = _dense_covariance(params, euler, weights)
+    np.testing.assert_allclose(out["covariance"], dense, rtol=1e-6, atol=1e-9 * np.abs(dense).max())
+    assert out["sigma_x_A"].shape == (n,)  # the dead atoms get none
+    # a smaller patch leaves couplings out: σ a little small, never large
+    small = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=3, cutoff_A=1e3)
+    ratio = np.stack([small[k] / np.sqrt(np.diagonal(dense, axis1=1, axis2=2))[:, j]
+                      for j, k in enumerate(uncertainty.SIGMA_NAMES)])  # fmt: skip
+    assert ratio.max() < 1 + 1e-6 and ratio.min() > 0.85
+
+
+def test_noise_model_tells_gaussian_from_shot_noise():
+    rng = np.random.default_rng(3)
+    mu = rng.uniform(0.0, 5.0, 200_000)
+    gauss = uncertainty.noise_model(mu + rng.normal(0, 0.2, mu.shape), mu)
+    assert gauss["a"] == pytest.approx(0.04, rel=0.02) and abs(gauss["b"]) < 2e-3
+    scale = 40.0  # counts per unit
+    shot = uncertainty.noise_model(rng.poisson(mu * scale) / scale, mu)
+    assert shot["b"] == pytest.approx(1 / scale, rel=0.03) and shot["a"] < 1e-3
+
+
+def _fit(params, observed, euler, n_steps=12):
+    config = fit.OptimConfig(method="lm", lm_cg_iterations=8, width_min_A2=0.05)
+    rates = fit.Rates.from_config(config, 0.3)
+    state = levenberg.LMState.create(config, observed.dtype)
+    keys = jax.random.split(jax.random.PRNGKey(0), n_steps)
+    out, *_ = levenberg.run_steps(params, state, keys, observed, euler, SETUP, config, rates)
+    return out
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_sigmas_are_calibrated_over_noise_seeds(noise):
+    truth, euler = _cluster(8, 2.4, seed=4)
+    clean = np.asarray(truth.images(euler, SETUP))
+    z = []
+    for seed in range(12):
+        rng = np.random.default_rng(100 + seed)
+        if noise == "gaussian":
+            observed = clean + rng.normal(0, 0.15, clean.shape)
+        else:  # about 4 counts at an atom's peak
+            observed = rng.poisson(clean * 4.0) / 4.0
+        found = _fit(truth, jnp.asarray(observed), euler)
+        out = uncertainty.atom_sigmas(found, observed, None, euler, SETUP)
+        sig = np.stack([out[k] for k in uncertainty.SIGMA_NAMES[:3]], 1)
+        dev = np.asarray(found.atoms.positions_A - truth.atoms.positions_A)
+        z.append(dev / sig)
+    z = np.concatenate(z)  # 96 atoms' errors over their σ, per axis
+    std = z.std(0)
+    assert np.all((std > 0.8) & (std < 1.25)), std
+    assert 0.6 < np.mean(np.abs(z) < 1) < 0.76
+
+
+def test_sigma_columns_round_trip_and_calibration(tmp_path):
+    pos = np.random.default_rng(0).uniform(-5, 5, (20, 3))
+    sig = {k: np.full(20, 0.02) for k in uncertainty.SIGMA_NAMES}
+    outputs.write_extxyz(tmp_path / "a.extxyz", pos, np.full(20, 0.5), np.full(20, 1.0),
+                         columns=sig)  # fmt: skip
+    back = outputs.read_extxyz(tmp_path / "a.extxyz")["columns"]
+    assert set(back) == set(uncertainty.SIGMA_NAMES)
+    np.testing.assert_array_equal(back["sigma_x_A"], sig["sigma_x_A"])
+    with pytest.raises(ValueError, match="taken"):
+        outputs.write_extxyz(tmp_path / "b.extxyz", pos, np.ones(20), np.ones(20),
+                             columns={"amplitude": np.ones(20)})  # fmt: skip
+    # truth displaced by exactly 1σ along x: every |z| is 1 in x, 0 in y and z
+    cal = uncertainty.calibrate(pos, sig, pos - [0.02, 0, 0])
+    np.testing.assert_allclose(cal["z_mean"], [1.0, 0.0, 0.0], atol=1e-9)
+    assert cal["rmsd_over_sigma"] == pytest.approx(1 / np.sqrt(3))
