@@ -5,8 +5,9 @@ these; nothing here imports Hydra, so a script or a notebook can call them the s
 
 * :func:`load_series` — a tilt series from a data description: a simulated particle
   (cached on disk by its settings), atomjax's own file, an AET ``.mat`` pair, MRC +
-  ``.tlt``, TIFF + angles, or one of the third-party datasets; optionally with a
-  ground-truth file attached.
+  ``.tlt``, TIFF + angles, a microscope file (DM3/DM4, EMD, SER, .hspy, through
+  RosettaSciIO), or one of the third-party datasets; optionally with a ground-truth file
+  attached.
 * :func:`reconstruct_config` — the :class:`~atomjax.reconstruct.ReconstructConfig` from
   the mode, probe, init, optim and adapt groups.
 * :func:`accuracy_rows` / :func:`print_summary` — the accuracy table a run prints.
@@ -20,14 +21,14 @@ import os
 import pathlib
 from typing import Any
 
-from . import io, simulate, structures
+from . import io, microscope, simulate, structures
 from .data import TiltSeries
 from .metrics import read_atoms
 from .probe import ProbeSettings
 from .reconstruct import ReconstructConfig
 
 #: What ``data.kind`` may be.
-DATA_KINDS = ("simulated", "file", "mat", "mrc", "tiff", "dataset")
+DATA_KINDS = ("simulated", "file", "mat", "mrc", "tiff", "microscope", "dataset")
 
 #: Settings of a simulated series (``data.kind: simulated``) and their defaults.
 SIMULATED_DEFAULTS: dict[str, Any] = {
@@ -52,6 +53,7 @@ _READER_KEYS = {
             "dose_e_per_A2"},
     "mrc": {"path", "tlt", "pixel_size_A", "tilt_sign"},
     "tiff": {"path", "angles", "pixel_size_A", "tilt_sign"},
+    "microscope": {"path", "format", "signal", "angles", "tlt", "pixel_size_A", "tilt_sign"},
     "dataset": {"name", "root"},
 }  # fmt: skip
 
@@ -153,7 +155,12 @@ def load_series(
     file: ``path`` (:func:`atomjax.io.save_tilt_series` format). mat: ``projections``,
     ``angles``, ``pixel_size_A`` [, keys, dose]. mrc: ``path`` [, ``tlt``,
     ``pixel_size_A``, ``tilt_sign``]. tiff: ``path``, ``angles``, ``pixel_size_A`` [,
-    ``tilt_sign``]. dataset: ``name`` ("aSi_208", "ta_film"), ``root``.
+    ``tilt_sign``]. microscope (DM3/DM4, EMD, SER/EMI, .hspy via RosettaSciIO, see
+    :func:`atomjax.microscope.read_microscope_series`): ``path`` [, ``format`` (default
+    from the extension), ``signal`` (which stack of a file holding several),
+    ``angles`` (a list) or ``tlt`` (a file) when the file has no tilts in degrees,
+    ``pixel_size_A`` when it has no length calibration, ``tilt_sign``]. dataset:
+    ``name`` ("aSi_208", "ta_film"), ``root``.
     Any kind: ``truth`` — a file of true atom positions (xyz, extxyz, text columns),
     attached to the series so the run is scored.
     """
@@ -198,6 +205,17 @@ def load_series(
             float(_required(data, "pixel_size_A")),
             tilt_sign=_tilt_sign(data),
         )
+    elif kind == "microscope":
+        px = data.get("pixel_size_A")
+        series = microscope.read_microscope_series(
+            _required(data, "path"),
+            kind=data.get("format"),
+            angles=data.get("angles"),
+            tlt=data.get("tlt"),
+            pixel_size_A=None if px is None else float(px),
+            tilt_sign=_tilt_sign(data),
+            signal=data.get("signal"),
+        )
     else:
         root = pathlib.Path(_required(data, "root"))
         if not root.is_dir():
@@ -221,8 +239,8 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     current folder), so that a run's record finds its data from anywhere."""
 
     def absolute(value):
-        if value is None or value == "???":
-            return value
+        if not isinstance(value, str | os.PathLike) or value == "???":
+            return value  # None, or a list (data.angles of kind microscope)
         return str(pathlib.Path(os.path.expanduser(str(value))).absolute())
 
     out = dict(cfg)
@@ -294,6 +312,12 @@ def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             ("false-positive rate", f"{m['fp_rate']:.3f}"),
             ("RMSD", "–" if m["rmsd_pm"] is None else f"{m['rmsd_pm']:.2f} pm"),
         ]
+    u = report.get("uncertainty")
+    if u and u.get("predicted_rmsd_pm") is not None:
+        rows.append(("predicted RMSD (from σ)", f"{u['predicted_rmsd_pm']:.2f} pm"))
+        cal = u.get("calibration", {})
+        if "z_std" in cal:
+            rows.append(("error / σ, std x y z", " ".join(f"{z:.2f}" for z in cal["z_std"])))
     rows += [
         ("R-factor (mean)", f"{report['r_factor']['mean']:.4f}"),
         ("run time", f"{report['run_time_s']:.1f} s"),
@@ -329,6 +353,11 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     m = report.get("metrics")
     if m:
         out.update({k: m[k] for k in ("n_truth", "n_matched", "tp_rate", "fp_rate", "rmsd_pm")})
+    u = report.get("uncertainty")
+    if u:
+        out["predicted_rmsd_pm"] = u["predicted_rmsd_pm"]
+        if "z_std" in u.get("calibration", {}):
+            out["z_std"] = u["calibration"]["z_std"]
     return out
 
 
