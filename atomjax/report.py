@@ -103,9 +103,10 @@ def write_outputs(run, config, series, params, observed, calc, report, species, 
         made += _write_figures(out, series, observed, calc, report["history"], a,
                                params.atoms.n_alive)  # fmt: skip
         if sigmas is not None:
-            outputs.figure_atoms(out / "atoms_sigma.png", a["positions_A"],
-                                 uncertainty.sigma_xyz_pm(sigmas), series.atoms_positions_A,
-                                 values_label="σ of the position, √(σx²+σy²+σz²) (pm)")  # fmt: skip
+            shown = np.minimum(uncertainty.sigma_xyz_pm(sigmas), 100.0)  # unsupported: 100
+            label = "σ of the position, √(σx²+σy²+σz²) (pm, ≤ 100)"
+            outputs.figure_atoms(out / "atoms_sigma.png", a["positions_A"], shown,
+                                 series.atoms_positions_A, values_label=label)  # fmt: skip
             made.append("atoms_sigma.png")
     report["outputs"] = {"folder": str(out)}
     outputs.write_json(out / "report.json", report)

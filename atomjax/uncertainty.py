@@ -28,6 +28,9 @@ probe's blur is not in them, and the σ are those of the direct model.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from typing import Any
 
 import jax
@@ -43,17 +46,27 @@ from .blocks import N_PARAMS, to_xyz
 SIGMA_NAMES = ("sigma_x_A", "sigma_y_A", "sigma_z_A", "sigma_width_A2", "sigma_amplitude")
 N_NEIGHBOURS = 12  # atoms in each patch besides its centre
 NEIGHBOUR_CUTOFF_A = 4.0  # ... within this distance
+#: the Fisher sums stop where the widest atom's profile falls below this of its peak
+#: (its square, in the sums, below 1e-8)
+WINDOW_TRUNCATION = 1e-4
+#: a ridge on the information, relative to each parameter's mean over the atoms
+RIDGE = 1e-8
+#: atoms with a larger positional σ are not supported by the data (e.g. amplitude 0)
+UNSUPPORTED_SIGMA_A = 1.0
 
 
 def noise_model(observed, calc) -> dict[str, float]:
     """The pixel variance σ²(μ) = a + b·μ fitted to the squared residuals
-    (observed - calc)² against the model intensity μ = calc (least squares, a, b ≥ 0)."""
+    (observed - calc)² against the model intensity μ = calc (least squares, a, b ≥ 0;
+    b = 0 unless it stands 3 standard errors above 0: Gaussian noise)."""
     obs = np.asarray(observed, np.float64).ravel()
     mu = np.asarray(calc, np.float64).ravel()
     r2 = (obs - mu) ** 2
     design = np.stack([np.ones_like(mu), mu], 1)
     (a, b), *_ = np.linalg.lstsq(design, r2, rcond=None)
-    if b <= 0:  # no signal dependence: Gaussian
+    spread = float(np.sum((mu - mu.mean()) ** 2))
+    se_b = np.sqrt(np.mean((r2 - design @ [a, b]) ** 2) / max(spread, 1e-300))
+    if b < 3 * se_b:  # no significant signal dependence: Gaussian
         a, b = r2.mean(), 0.0
     elif a <= 0:  # pure shot noise
         a, b = 0.0, float(r2.sum() / max(mu.sum(), 1e-30))
@@ -102,7 +115,7 @@ def _gram(own, other, w):
     return jnp.einsum("ps,nkst,qt->nkpq", t, g, t)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("background", "uniform"))
 def fisher_pairs(
     atoms: Atoms,
     euler_rad: Float[Array, "m 3"],
@@ -110,10 +123,15 @@ def fisher_pairs(
     weights: Float[Array, "m nu nv"],
     table,
     setup,
+    background: bool = True,
+    uniform: bool = False,
 ) -> Float[Array, "n t 5 5"]:
-    """The Fisher blocks F_ab - Σ_j b_aj b_bjᵀ / F_bb,j (the backgrounds b eliminated)
-    for atom a and each atom b = table[a, s] (n, t, 5, 5), summed over the images with
-    per-pixel weights ``weights``. F_ab is summed over a's window (J_a vanishes outside)."""
+    """The Fisher blocks F_ab - Σ_j b_aj b_bjᵀ / F_bb,j (the backgrounds b eliminated;
+    ``background=False``: F_ab, the backgrounds known) for atom a and each atom
+    b = table[a, s] (n, t, 5, 5), summed over the images with per-pixel weights
+    ``weights``. F_ab is summed over a's window (J_a vanishes outside). ``uniform``: the
+    weights are one value (Gaussian noise), and every sum over the window is a product
+    of two 1-D sums, w times cheaper."""
     pos, widths, amps = atoms.masked()
     ps, r = setup.pixel_size_A, setup.radius_px
     nu, nv = setup.image_shape
@@ -129,18 +147,31 @@ def fisher_pairs(
         in_u, in_v = (iu >= 0) & (iu < nu), (iv >= 0) & (iv < nv)
         iu_c = jnp.clip(iu, 0, nu - 1).astype(jnp.int32)
         iv_c = jnp.clip(iv, 0, nv - 1).astype(jnp.int32)
-        w = w_img[iu_c[:, :, None], iv_c[:, None, :]]  # (n, w, w): a's window
-        w = w * (in_u[:, :, None] & in_v[:, None, :])
         own = _terms(
             amps, _profiles(cu, uvw[:, 0], widths, ps), _profiles(cv, uvw[:, 1], widths, ps)
         )
         pu = _profiles(cu[:, None, :], uvw[table, 0], widths[table], ps)  # b on a's window
         pv = _profiles(cv[:, None, :], uvw[table, 1], widths[table], ps)
-        f_ab = _gram(own, _terms(amps[table], pu, pv), w)
-        # the background: Σ w J_a over a's window, and F_bb = Σ w over the image
-        t = jnp.asarray(_TERMS_TO_PARAMS, w.dtype)
-        b_a = jnp.einsum("ps,nsa,nab,nsb->np", t, own[0], w, own[1])  # (n, 4)
-        f_ab = f_ab - b_a[:, None, :, None] * b_a[table][:, :, None, :] / jnp.sum(w_img)
+        other = _terms(amps[table], pu, pv)
+        t = jnp.asarray(_TERMS_TO_PARAMS, pos.dtype)
+        if uniform:  # w ⊗ w-separable: the image edge masks the profiles
+            w0 = w_img[0, 0]
+            ua, va = own[0] * in_u[:, None, :], own[1] * in_v[:, None, :]
+            g = (
+                w0
+                * jnp.einsum("nsa,nkta->nkst", ua, other[0])
+                * jnp.einsum("nsb,nktb->nkst", va, other[1])
+            )
+            f_ab = jnp.einsum("ps,nkst,qt->nkpq", t, g, t)
+            b_a = w0 * jnp.einsum("ps,nsa,nsb->np", t, ua, va)
+        else:
+            w = w_img[iu_c[:, :, None], iv_c[:, None, :]]  # (n, w, w): a's window
+            w = w * (in_u[:, :, None] & in_v[:, None, :])
+            f_ab = _gram(own, other, w)
+            # the background: Σ w J_a over a's window, and F_bb = Σ w over the image
+            b_a = jnp.einsum("ps,nsa,nab,nsb->np", t, own[0], w, own[1])  # (n, 4)
+        if background:
+            f_ab = f_ab - b_a[:, None, :, None] * b_a[table][:, :, None, :] / jnp.sum(w_img)
         return total + to_xyz(f_ab, rot), None
 
     zero = jnp.zeros((*table.shape, N_PARAMS, N_PARAMS), pos.dtype)
@@ -192,13 +223,22 @@ def patches(table: np.ndarray, k: int):
 
 
 @jax.jit
-def patch_covariance(pairs, index, transpose, alive):
+def patch_covariance(pairs, index, transpose, alive, free=None):
     """cov_i: the (0, 0) block of the inverse of atom i's patch matrix, assembled from
-    the pair blocks (absent pairs 0, padding rows an identity); dead atoms get 0."""
+    the pair blocks (absent pairs 0); dead atoms get 0. ``free`` (5,) 0/1: parameters
+    taken as known (0) are held fixed: their rows and columns drop out, variance 0."""
     flat = pairs.reshape(-1, N_PARAMS, N_PARAMS)
     blocks = flat[jnp.maximum(index, 0)]  # (n, p, p, 5, 5)
     blocks = jnp.where(transpose[..., None, None], jnp.swapaxes(blocks, -1, -2), blocks)
     blocks = jnp.where((index >= 0)[..., None, None], blocks, 0.0)
+    free = jnp.ones(N_PARAMS, pairs.dtype) if free is None else jnp.asarray(free, pairs.dtype)
+    # each parameter's typical information: known parameters sit decoupled on the
+    # diagonal at that scale, and a ridge of RIDGE times it keeps an atom the data do
+    # not see (amplitude 0) invertible, with an enormous but finite σ
+    scale = jnp.maximum(jnp.mean(jnp.abs(jnp.diagonal(pairs[:, 0], axis1=1, axis2=2)), 0), 1e-30)
+    held = jnp.diag((1.0 - free) * scale + free * RIDGE * scale)
+    same = jnp.arange(index.shape[1])[:, None] == jnp.arange(index.shape[1])[None, :]
+    blocks = blocks * free[:, None] * free[None, :] + same[None, :, :, None, None] * held
     n, p = index.shape[:2]
     big = blocks.transpose(0, 1, 3, 2, 4).reshape(n, p * N_PARAMS, p * N_PARAMS)
     cov = jnp.linalg.inv(big)[:, :N_PARAMS, :N_PARAMS]
@@ -206,17 +246,32 @@ def patch_covariance(pairs, index, transpose, alive):
     ok = jnp.all(jnp.isfinite(cov), axis=(1, 2)) & jnp.all(
         jnp.diagonal(cov, axis1=1, axis2=2) > 0, axis=1
     )
-    cov = jnp.where(ok[:, None, None], cov, fallback)
+    cov = jnp.where(ok[:, None, None], cov, fallback) * free[:, None] * free[None, :]
     return jnp.where(alive[:, None, None], cov, 0.0)
 
 
+def window_setup(setup, widths_A2, truncation: float | None = WINDOW_TRUNCATION):
+    """``setup`` with a window sized to the widest of ``widths_A2`` at ``truncation`` of
+    the peak (None: the setup's own window)."""
+    if truncation is None or not len(widths_A2):
+        return setup
+    r_A = math.sqrt(float(np.max(widths_A2)) * math.log(1.0 / truncation))
+    radius = min(setup.radius_px, int(math.ceil(r_A / setup.pixel_size_A)))
+    return dataclasses.replace(setup, window_radius_px=radius)
+
+
 def atom_sigmas(params, observed, calc, euler_rad, setup, k: int = N_NEIGHBOURS,
-                cutoff_A: float = NEIGHBOUR_CUTOFF_A) -> dict[str, Any]:  # fmt: skip
+                cutoff_A: float = NEIGHBOUR_CUTOFF_A,
+                truncation: float | None = WINDOW_TRUNCATION,
+                known: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """Standard deviations of every live atom's parameters from a finished fit.
 
     ``params`` (:class:`atomjax.fit.Params`), the images the fit saw (``observed``), the
     model's images (``calc``, None: rendered here) and its geometry; each atom's patch
-    holds its ``k`` nearest atoms within ``cutoff_A``. Returns ``{name: (n_alive,)
+    holds its ``k`` nearest atoms within ``cutoff_A``; the sums run over windows where
+    the widest atom's profile exceeds ``truncation`` of its peak. ``known``: parameters
+    held fixed rather than estimated alongside, of "widths", "amplitudes" and
+    "background" (e.g. all three for the bound on positions alone). Returns ``{name: (n_alive,)
     array}`` for :data:`SIGMA_NAMES`, the live atoms' covariances ``covariance``
     (n_alive, 5, 5) and the fitted ``noise`` model."""
     if calc is None:
@@ -228,9 +283,16 @@ def atom_sigmas(params, observed, calc, euler_rad, setup, k: int = N_NEIGHBOURS,
     atoms = Atoms(*(x[live] for x in (params.atoms.positions_A, params.atoms.widths_A2,
                                        params.atoms.amplitudes, params.atoms.alive)))  # fmt: skip
     table = pair_table(np.asarray(atoms.positions_A), k, cutoff_A)
-    pairs = fisher_pairs(atoms, euler_rad, params.drift_A, weights, jnp.asarray(table), setup)
+    setup = window_setup(setup, np.asarray(atoms.widths_A2), truncation)
+    unknown = set(known) - {"widths", "amplitudes", "background"}
+    if unknown:
+        raise ValueError(f"known must name widths, amplitudes or background, got {unknown}")
+    pairs = fisher_pairs(atoms, euler_rad, params.drift_A, weights, jnp.asarray(table), setup,
+                         background="background" not in known,
+                         uniform=noise["b"] == 0)  # fmt: skip
     members, index, transpose = patches(table, k)
-    cov = np.asarray(patch_covariance(pairs, index, transpose, atoms.alive))
+    free = np.array([1, 1, 1, "widths" not in known, "amplitudes" not in known], float)
+    cov = np.asarray(patch_covariance(pairs, index, transpose, atoms.alive, free))
     var = np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None)
     out = {name: np.sqrt(var[:, j]) for j, name in enumerate(SIGMA_NAMES)}
     return {**out, "covariance": cov, "noise": noise}
@@ -238,9 +300,13 @@ def atom_sigmas(params, observed, calc, euler_rad, setup, k: int = N_NEIGHBOURS,
 
 def summary(sigmas: dict[str, Any]) -> dict[str, Any]:
     """The distribution of the σ for report.json: median and 10/90th percentiles (pm for
-    positions), and the predicted RMSD sqrt(mean(σx² + σy² + σz²))."""
+    positions), the predicted RMSD sqrt(mean(σx² + σy² + σz²)) of the atoms the data
+    support, and how many they do not (positional σ over :data:`UNSUPPORTED_SIGMA_A`)."""
     xyz = np.stack([sigmas[n] for n in SIGMA_NAMES[:3]], 1)
-    out: dict[str, Any] = {"noise_model": sigmas["noise"], "n_atoms": int(len(xyz))}
+    supported = np.sqrt((xyz**2).sum(1)) <= UNSUPPORTED_SIGMA_A
+    out: dict[str, Any] = {"noise_model": sigmas["noise"], "n_atoms": int(len(xyz)),
+                           "n_unsupported": int((~supported).sum())}  # fmt: skip
+    xyz = xyz[supported]
     for j, name in enumerate(SIGMA_NAMES):
         v = sigmas[name] * (100.0 if j < 3 else 1.0)
         key = name.replace("_A", "_pm") if j < 3 else name

@@ -28,9 +28,10 @@ def _cluster(n, min_distance_A, seed=0, m=7, capacity=None):
     return fit.Params(atoms, drift, None, jnp.full(m, 0.1)), euler
 
 
-def _dense_covariance(params, euler, weights):
+def _dense_covariance(params, euler, weights, positions_only=False):
     """The live atoms' 5 × 5 blocks of F⁻¹, F = Jᵀ W J of every atom parameter and every
-    background, J by forward-mode autodiff of the renderer (the slow reference)."""
+    background (or of the positions alone), J by forward-mode autodiff of the renderer
+    (the slow reference)."""
     atoms = params.atoms
     n, m = atoms.capacity, euler.shape[0]
 
@@ -42,10 +43,16 @@ def _dense_covariance(params, euler, weights):
                              atoms.amplitudes[:, None]], 1)  # fmt: skip
     ja, jb = jax.jacfwd(images, argnums=(0, 1))(theta, params.background)
     jac = np.concatenate([np.asarray(ja).reshape(-1, n * 5), np.asarray(jb)], 1)
-    keep = np.r_[np.repeat(np.asarray(atoms.alive), 5), np.ones(m, bool)]
+    per_atom = np.array([1, 1, 1, not positions_only, not positions_only], bool)
+    keep = np.r_[np.outer(np.asarray(atoms.alive), per_atom).ravel(),
+                 np.full(m, not positions_only)]  # fmt: skip
     jac = jac[:, keep]
     cov = np.linalg.inv(jac.T @ (np.asarray(weights).ravel()[:, None] * jac))
-    return np.stack([cov[5 * i : 5 * i + 5, 5 * i : 5 * i + 5] for i in range(atoms.n_alive)])
+    q = int(per_atom.sum())
+    blocks = np.zeros((atoms.n_alive, 5, 5))
+    for i in range(atoms.n_alive):
+        blocks[i][np.ix_(per_atom, per_atom)] = cov[q * i : q * i + q, q * i : q * i + q]
+    return blocks
 
 
 def _noisy(params, euler, std, seed):
@@ -53,15 +60,43 @@ def _noisy(params, euler, std, seed):
     return clean + np.random.default_rng(seed).normal(0, std, clean.shape)
 
 
-@pytest.mark.parametrize("n, spacing_A", [(6, 2.5), (10, 1.6)])
-def test_patch_covers_everything_equals_the_dense_inverse(n, spacing_A):
+@pytest.mark.parametrize("n, spacing_A, noise", [(6, 2.5, "gaussian"), (10, 1.6, "gaussian"),
+                                                 (6, 2.5, "poisson")])  # fmt: skip
+def test_patch_covers_everything_equals_the_dense_inverse(n, spacing_A, noise):
     params, euler = _cluster(n, spacing_A, capacity=n + 2)  # two dead atoms
-    observed = _noisy(params, euler, 0.3, 0)
-    out = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=n - 1, cutoff_A=1e3)
+    if noise == "gaussian":  # uniform weights: the separable sums
+        observed = _noisy(params, euler, 0.3, 0)
+    else:  # weights 1 / (a + b μ) per pixel
+        clean = np.asarray(params.images(euler, SETUP))
+        observed = np.random.default_rng(1).poisson(clean * 20.0) / 20.0
+    out = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=n - 1, cutoff_A=1e3,
+                                  truncation=None)  # the renderer's own window  # fmt: skip
+    assert (out["noise"]["b"] == 0) == (noise == "gaussian")
     weights = uncertainty.pixel_weights(params.images(euler, SETUP), out["noise"])
     dense = _dense_covariance(params, euler, weights)
     np.testing.assert_allclose(out["covariance"], dense, rtol=1e-6, atol=1e-9 * np.abs(dense).max())
     assert out["sigma_x_A"].shape == (n,)  # the dead atoms get none
+    # the positions alone (widths, amplitudes, backgrounds known): the bound of bench_asi_208
+    fixed = uncertainty.atom_sigmas(
+        params,
+        observed,
+        None,
+        euler,
+        SETUP,
+        k=n - 1,
+        cutoff_A=1e3,
+        truncation=None,
+        known=("widths", "amplitudes", "background"),
+    )
+    dense_xyz = _dense_covariance(params, euler, weights, positions_only=True)
+    np.testing.assert_allclose(fixed["covariance"], dense_xyz, rtol=1e-6,
+                               atol=1e-9 * np.abs(dense_xyz).max())  # fmt: skip
+    assert np.all(fixed["sigma_x_A"] < out["sigma_x_A"])  # knowing more, less uncertain
+    # the default window, sized to the widest atom, changes σ by far less than 1 %
+    narrow = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=n - 1, cutoff_A=1e3)
+    assert uncertainty.window_setup(SETUP, params.atoms.widths_A2).radius_px < SETUP.radius_px
+    for name in uncertainty.SIGMA_NAMES:
+        np.testing.assert_allclose(narrow[name], out[name], rtol=1e-3)
     # a smaller patch leaves couplings out: σ a little small, never large
     small = uncertainty.atom_sigmas(params, observed, None, euler, SETUP, k=3, cutoff_A=1e3)
     ratio = np.stack([small[k] / np.sqrt(np.diagonal(dense, axis1=1, axis2=2))[:, j]
@@ -125,3 +160,18 @@ def test_sigma_columns_round_trip_and_calibration(tmp_path):
     cal = uncertainty.calibrate(pos, sig, pos - [0.02, 0, 0])
     np.testing.assert_allclose(cal["z_mean"], [1.0, 0.0, 0.0], atol=1e-9)
     assert cal["rmsd_over_sigma"] == pytest.approx(1 / np.sqrt(3))
+
+
+def test_an_atom_the_data_do_not_see_gets_a_huge_finite_sigma():
+    params, euler = _cluster(5, 2.5)
+    observed = _noisy(params, euler, 0.3, 0)
+    ghost = params.atoms.amplitudes.at[2].set(0.0)  # no signal: no information
+    params = fit.Params(params.atoms.__class__(params.atoms.positions_A, params.atoms.widths_A2,
+                                               ghost, params.atoms.alive),
+                        params.drift_A, None, params.background)  # fmt: skip
+    out = uncertainty.atom_sigmas(params, observed, None, euler, SETUP)
+    for name in uncertainty.SIGMA_NAMES:
+        assert np.all(np.isfinite(out[name])), name
+    assert out["sigma_x_A"][2] > 1e2 and np.all(np.delete(out["sigma_x_A"], 2) < 0.5)
+    s = uncertainty.summary(out)
+    assert s["n_unsupported"] == 1 and s["predicted_rmsd_pm"] < 50
