@@ -291,6 +291,8 @@ def write_extxyz(
     ase.io.write(buf, atoms, format="extxyz", columns=[*EXTXYZ_COLUMNS, *extra])
     lines = buf.getvalue().splitlines()
     properties = _EXTXYZ_PROPERTIES + "".join(f":{name}:R:1" for name in extra)
+    if n == 0:  # ase types the empty species column as real
+        properties = properties.replace("species:S:1", "species:R:1")
     if len(lines) != n + 2 or lines[0].strip() != str(n) or properties not in lines[1]:
         raise RuntimeError(
             "unexpected extxyz layout from ase.io.write; expected "

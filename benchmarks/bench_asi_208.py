@@ -48,12 +48,15 @@ PUBLISHED_RMSD_PM = 17.3  # their paper, this dose, their scoring
 #: variant name → overrides on top of the preset
 VARIANTS = {
     "mse": [],
-    # today's main before issue 14, reproduced: Adam for all 6 × 150 steps, window scatter
+    # today's main before issue 14, reproduced: Adam for all 6 × 150 steps, window scatter,
+    # the automatic angle chunk of then (32 images here), no per-atom σ
     "main": [
         "optim.method=adam",
         "optim.steps_per_phase=150",
         "optim.converge=false",
         "reconstruct.kernel=scatter",
+        "reconstruct.angle_chunk=32",
+        "reconstruct.uncertainty=false",
     ],
     "adam": ["optim.method=adam"],  # Adam with the matrix-product kernel and convergence
     "poisson": ["optim.loss=poisson"],

@@ -88,6 +88,8 @@ def run_atomjax(series) -> dict:
         "steps": len(history["loss"]),
         "phases": [p["n_steps"] for p in history["phases"]],
         "ended_by": result.report["ended_by"],
+        "uncertainty_s": result.report.get("uncertainty", {}).get("seconds"),
+        "predicted_rmsd_pm": result.report.get("uncertainty", {}).get("predicted_rmsd_pm"),
     }
 
 

@@ -19,7 +19,7 @@ def series():
 
 def test_a_converged_fit_ends_early_and_says_why(series, tmp_path):
     config = ReconstructConfig(optim={"n_phases": 6})  # the defaults: LM, 10 steps a phase
-    assert config.optim.method == "lm" and config.optim.steps_per_phase == 10
+    assert config.optim.method == "lm" and config.optim.steps_per_phase == 15
     result = reconstruct(series, config, out_dir=tmp_path, progress=False, figures=False)
     phases = result.report["history"]["phases"]
     assert result.report["ended_by"] == "converged" and len(phases) < 6

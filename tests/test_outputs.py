@@ -367,3 +367,10 @@ def test_figures_do_not_touch_pyplot_state(tmp_path):
     finally:
         plt.close("all")
     assert os.path.getsize(tmp_path / "p.png") > 1000
+
+
+def test_extxyz_with_no_atoms_round_trips(tmp_path):
+    # a run that finds no atom still writes its atoms file
+    path = write_extxyz(tmp_path / "none.extxyz", np.zeros((0, 3)), [], [])
+    back = read_extxyz(path)
+    assert back["positions_A"].shape == (0, 3) and back["widths_A2"].shape == (0,)
