@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import separated_points
 
 from atomjax import fit
 from atomjax.atoms import Atoms
@@ -18,14 +19,8 @@ EULER = jnp.asarray(np.deg2rad(EULER_DEG))
 
 
 def _truth(n=8, seed=0):
-    rng = np.random.default_rng(seed)
     # well separated atoms (≥ 2.5 Å apart) inside ±4 Å
-    pts = []
-    while len(pts) < n:
-        p = rng.uniform(-4, 4, 3)
-        if all(np.linalg.norm(p - q) > 2.5 for q in pts):
-            pts.append(p)
-    return np.array(pts)
+    return separated_points(n, np.random.default_rng(seed), 4.0, 2.5)
 
 
 def _problem(n=8, seed=0, capacity=16, noise_A=0.2):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import separated_points
 
 from atomjax import fit, levenberg
 from atomjax.atoms import Atoms
@@ -49,12 +50,7 @@ def test_atom_blocks_equal_the_dense_jacobian():
 
 def _problem(noise_A=0.3, n=6, seed=0, capacity=8):
     rng = np.random.default_rng(seed)
-    pts = []
-    while len(pts) < n:
-        p = rng.uniform(-4, 4, 3)
-        if all(np.linalg.norm(p - q) > 2.5 for q in pts):
-            pts.append(p)
-    truth = np.array(pts)
+    truth = separated_points(n, rng, 4.0, 2.5)
     euler_deg = euler_from_tilts_deg(np.linspace(-60, 60, 6))
     setup = ImagingSetup((40, 40), 0.3, max_width_A2=1.0)
     observed = render_tilt_series(Atoms.create(truth, 0.6, 0.3), euler_deg, setup)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import separated_points
 
 from atomjax import fit, levenberg, outputs, uncertainty
 from atomjax.atoms import Atoms
@@ -16,11 +17,7 @@ SETUP = ImagingSetup((40, 36), 0.3, max_width_A2=1.0)
 
 def _cluster(n, min_distance_A, seed=0, m=7, capacity=None):
     rng = np.random.default_rng(seed)
-    pts = []
-    while len(pts) < n:
-        p = rng.uniform(-3.5, 3.5, 3)
-        if all(np.linalg.norm(p - q) > min_distance_A for q in pts):
-            pts.append(p)
+    pts = separated_points(n, rng, 3.5, min_distance_A)
     euler = jnp.asarray(np.deg2rad(euler_from_tilts_deg(np.linspace(-60, 60, m))))
     drift = jnp.asarray(rng.normal(0, 0.2, (m, 3)))
     atoms = Atoms.create(np.array(pts), rng.uniform(0.4, 0.7, n), rng.uniform(0.5, 1.5, n),
