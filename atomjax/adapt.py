@@ -50,6 +50,7 @@ __all__ = [
     "AdaptResult",
     "adapt_atoms",
     "add_missing",
+    "choose_candidates",
     "bucket_capacity",
     "merge_close",
     "prune_faint",
@@ -60,6 +61,7 @@ AMPLITUDE_RULES = ("sum", "mean")
 
 
 RESIDUALS = ("signed", "positive")
+DETECTION_RULES = ("likelihood", "threshold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,13 @@ class AdaptConfig:
     """Settings of :func:`adapt_atoms`."""
 
     min_distance_A: float = 1.8  # no two atoms closer than this after merge
+    # which atoms stay and which candidates are added (atomjax.detection): "likelihood"
+    # (an atom's Δχ² = z² ≥ significance_z², None: the information criterion BIC, 5 ln N
+    # for 5 parameters an atom and N pixels) or "threshold" (the fractions and add_sigma)
+    rule: str = "likelihood"
+    significance_z: float | None = None
+    candidate_sigma: float = 2.0  # likelihood: test residual peaks this many robust σ up
+    min_intensity_fraction: float = 0.1  # likelihood: and need H·B ≥ this × the median
     amplitude_rule: str = "sum"  # "sum": Σ H_i B_i conserved; "mean": mean H (gaussian-atoms)
     prune_fraction: float = 0.1  # prune when H·B < prune_fraction × reference
     prune_percentile: float = 90.0  # reference = this percentile of H·B over the atoms
@@ -87,6 +96,12 @@ class AdaptConfig:
 
     def __post_init__(self):
         _check_positive_finite("min_distance_A", self.min_distance_A)
+        if self.rule not in DETECTION_RULES:
+            raise ValueError(f"rule must be one of {DETECTION_RULES}, got {self.rule!r}")
+        if self.significance_z is not None:
+            _check_nonnegative_finite("significance_z", self.significance_z)
+        _check_nonnegative_finite("candidate_sigma", self.candidate_sigma)
+        _check_fraction("min_intensity_fraction", self.min_intensity_fraction)
         if self.amplitude_rule not in AMPLITUDE_RULES:
             raise ValueError(
                 f"amplitude_rule must be one of {AMPLITUDE_RULES}, got {self.amplitude_rule!r}"
@@ -352,7 +367,7 @@ def prune_faint(widths_A2, amplitudes, fraction, percentile) -> np.ndarray:
     return intensity >= fraction * reference
 
 
-def add_missing(
+def choose_candidates(
     existing_positions_A,
     candidate_positions_A,
     candidate_scores,
@@ -361,7 +376,7 @@ def add_missing(
     max_new,
     max_distance_A=None,
 ) -> np.ndarray:
-    """Positions (k, 3) of candidates to add as new atoms, strongest first.
+    """Indices (k,) of the candidates to add as new atoms, strongest first.
 
     A candidate qualifies if its score is ≥ ``score_threshold``, no existing atom is
     closer than ``min_distance_A`` and (when ``max_distance_A`` is given and atoms
@@ -390,13 +405,24 @@ def add_missing(
         ok[np.flatnonzero(ok)[~(dist <= far)]] = False
     idx = np.flatnonzero(ok)
     if idx.size == 0 or max_new == 0:
-        return np.zeros((0, 3))
+        return np.zeros(0, dtype=np.int64)
     pts, sc = cand[idx], scores[idx]
     i, j, _ = _close_pairs(pts, d)
     rank = _priority_rank(sc)
     keep = np.flatnonzero(_nms(idx.size, rank, i, j))
     keep = keep[np.argsort(rank[keep])][:max_new]
-    return pts[keep].copy()
+    return idx[keep].astype(np.int64)
+
+
+def add_missing(existing_positions_A, candidate_positions_A, candidate_scores, min_distance_A,
+                score_threshold, max_new, max_distance_A=None) -> np.ndarray:  # fmt: skip
+    """Positions (k, 3) of the candidates :func:`choose_candidates` picks, strongest first."""
+    chosen = choose_candidates(existing_positions_A, candidate_positions_A, candidate_scores,
+                               min_distance_A, score_threshold, max_new,
+                               max_distance_A)  # fmt: skip
+    if chosen.size == 0:
+        return np.zeros((0, 3))
+    return _positions("candidate_positions_A", candidate_positions_A)[chosen].copy()
 
 
 def adapt_atoms(

@@ -1,10 +1,10 @@
-"""The step between phases: find missing atoms in the residual, then merge, prune and add.
+"""The step between phases: merge close atoms, keep the ones the data support, add missing ones.
 
-On the host, between the compiled phases of the fit: the signed (or clipped) residual
-of the current model is back-projected into the searched volume, its peaks that stand
-out of the back-projected noise become candidates, and :func:`atomjax.adapt.adapt_atoms`
-merges close Gaussians, prunes faint ones and adds candidates. The atom buffer then
-grows or shrinks in buckets (:func:`atomjax.adapt.bucket_capacity`).
+On the host, between the compiled phases of the fit: Gaussians closer than
+``adapt.min_distance_A`` merge (:func:`atomjax.adapt.merge_close`); the detection rule
+(:mod:`atomjax.detection`, ``adapt.rule``) decides which atoms stay and which peaks of
+the back-projected residual become atoms. The atom buffer then grows or shrinks in
+buckets (:func:`atomjax.adapt.bucket_capacity`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from . import adapt, fit, init, tomogram
+from . import adapt, detection, fit, init, tomogram
 from .atoms import Atoms
 from .fit import Params
 from .render import ImagingSetup, render_series
@@ -37,11 +37,14 @@ def single_atom_peak(width_A2: float, amplitude: float, probe, setup: ImagingSet
     return float(jnp.max(image))
 
 
-def residual_candidates(params: Params, observed, euler_rad, setup, config, med_h, med_b):
-    """Peaks of the back-projected residual that stand ``adapt.add_sigma`` robust σ above
-    its noise: (positions (c, 3) Å, scores (c,) in amplitude units)."""
-    dtype = params.atoms.positions_A.dtype
-    resid = np.asarray(observed - params.images(euler_rad, setup))
+def residual_candidates(params: Params, calc, observed, euler_rad, setup, config, floor):
+    """Peaks above ``floor`` of the residual observed − calc back-projected into the
+    searched volume: (positions (c, 3) Å, values (c,), robust σ above the noise (c,)).
+
+    With ``adapt.residual = "positive"`` the residual is clipped at 0 first; with
+    ``adapt.coverage`` the back-projection is divided by each voxel's share of images
+    (its noise, bp / sqrt(coverage), then has the same spread everywhere)."""
+    resid = np.asarray(observed - calc)
     if config.adapt.residual == "positive":
         resid = np.maximum(resid, 0.0)
     shape = init.volume_shape(
@@ -59,54 +62,72 @@ def residual_candidates(params: Params, observed, euler_rad, setup, config, med_
                                          shape, voxel)
         ).reshape(shape)  # fmt: skip
         seen = np.clip(seen, MIN_COVERAGE, None)
-    peak = single_atom_peak(med_b, med_h, params.probe, setup, dtype)
-    # candidates must stand out of the residual's noise: add_sigma robust standard
-    # deviations (MAD) of the back-projection, whose noise bp / sqrt(coverage) has
-    # the same spread everywhere
     z = volume / np.sqrt(seen)
     noise = 1.4826 * float(np.median(np.abs(z - np.median(z))))
-    floor = 0.5 * config.adapt.add_fraction * peak
-    pos_c, val_c = tomogram.find_peaks(
-        volume / seen, config.add_voxel_size_A, floor, config.adapt.min_distance_A
-    )
-    vox, _ = init.voxel_index(np.asarray(pos_c), shape, config.add_voxel_size_A)
+    pos_c, val_c = tomogram.find_peaks(volume / seen, voxel, floor, config.adapt.min_distance_A)
+    pos_c = np.asarray(pos_c).reshape(-1, 3)
+    vox, _ = init.voxel_index(pos_c, shape, voxel)
     vox = np.clip(vox, 0, np.array(shape) - 1)  # a refined peak may sit on the edge
-    loud = z[tuple(vox.T)] >= config.adapt.add_sigma * noise
-    pos_c, val_c = np.asarray(pos_c)[loud], np.asarray(val_c)[loud]
-    return pos_c, np.asarray(val_c) * (med_h / peak)
+    loudness = z[tuple(vox.T)] / max(noise, 1e-300)
+    return pos_c, np.asarray(val_c), loudness
+
+
+def context(params: Params, observed, euler_rad, setup, config) -> detection.Context:
+    """What the detection rule sees of this fit (:class:`atomjax.detection.Context`)."""
+    dtype = params.atoms.positions_A.dtype
+
+    def render(pos, widths, amps):
+        atoms = Atoms.create(pos, widths, amps, adapt.bucket_capacity(max(len(pos), 1)),
+                             dtype=dtype)  # fmt: skip
+        return eqx.tree_at(lambda p: p.atoms, params, atoms).images(euler_rad, setup)
+
+    def candidates(calc, floor):
+        return residual_candidates(params, calc, observed, euler_rad, setup, config, floor)
+
+    def peak(width_A2, amplitude):
+        return single_atom_peak(width_A2, amplitude, params.probe, setup, dtype)
+
+    return detection.Context(observed, euler_rad, params.drift_A, setup, render, candidates,
+                             peak, config.adapt, config.optim.loss)  # fmt: skip
 
 
 def adapt_step(params: Params, observed, euler_rad, setup, config):
-    """Merge, prune and add on the host (:mod:`atomjax.adapt`), the buffer resized to the
-    new count. Returns (params, source, counts): ``source[i]`` is the slot atom i
-    comes from (-1: added), for the optimizer's state."""
+    """Merge close atoms, then keep and add by the detection rule (``adapt.rule``,
+    :mod:`atomjax.detection`), the buffer resized to the new count. Returns (params,
+    source, counts): ``source[i]`` is the slot atom i comes from (-1: added), for the
+    optimizer's state."""
     alive_slots = np.nonzero(np.asarray(params.atoms.alive))[0]
     a = params.atoms.alive_numpy()
     dtype = params.atoms.positions_A.dtype
-    candidates = None
+    cfg = config.adapt
+    rule = detection.make_rule(cfg.rule)
+    ctx = context(params, observed, euler_rad, setup, config)
     med_h = float(np.median(a["amplitudes"])) if a["amplitudes"].size else 0.0
     med_b = float(np.median(a["widths_A2"])) if a["widths_A2"].size else config.init.width_A2
-    if config.adapt.add and med_h > 0:
-        candidates = residual_candidates(params, observed, euler_rad, setup, config, med_h, med_b)
-    res = adapt.adapt_atoms(
-        a["positions_A"],
-        a["widths_A2"],
-        a["amplitudes"],
-        config.adapt,
-        candidates=candidates,
-        new_width_A2=med_b,
-        new_amplitude=med_h if med_h > 0 else None,
+    pos, widths, amps, source = adapt.merge_close(
+        a["positions_A"], a["widths_A2"], a["amplitudes"], cfg.min_distance_A, cfg.amplitude_rule
     )
-    n = len(res.positions_A)
+    n_merged = len(a["positions_A"]) - len(pos)
+    keep = rule.keep(pos, widths, amps, ctx) if len(pos) else np.zeros(0, bool)
+    pos, widths, amps, source = pos[keep], widths[keep], amps[keep], source[keep]
+    added, new_amps = np.zeros((0, 3)), np.zeros(0)
+    if cfg.add and med_h > 0:
+        calc_before = params.images(euler_rad, setup)
+        added, new_amps = rule.add(pos, widths, amps, ctx, med_b, med_h, calc_before)
+    k = len(added)
+    pos = np.concatenate([pos, added])
+    widths = np.concatenate([widths, np.full(k, med_b)])
+    amps = np.concatenate([amps, new_amps])
+    src = np.concatenate([source, np.full(k, -1, dtype=np.int64)])
+    n = len(pos)
     capacity = _capacity(n, params.atoms.capacity)
-    atoms = Atoms.create(res.positions_A, res.widths_A2, res.amplitudes, capacity, dtype=dtype)
+    atoms = Atoms.create(pos, widths, amps, capacity, dtype=dtype)
     new_params = eqx.tree_at(lambda p: p.atoms, params, atoms)
-    src = np.asarray(res.source)
     slot_source = np.where(src >= 0, alive_slots[np.clip(src, 0, None)], -1) if n else src
     counts = {
-        "merged": int(res.n_merged),
-        "pruned": int(res.n_pruned),
-        "added": int(res.n_added),
+        "merged": int(n_merged),
+        "pruned": int(keep.size - keep.sum()),
+        "added": int(k),
         "n_atoms": n,
         "capacity": capacity,
     }

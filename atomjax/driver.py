@@ -25,6 +25,7 @@ import dataclasses
 import time
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +34,7 @@ from . import adapt, checkpoint, init, metrics, report, sharding
 from .adapt_step import adapt_step
 from .atoms import Atoms
 from .background import initial_background
+from .detection import significance, threshold_z
 from .fit import Params, Rates
 from .optimizers import FitData, make_optimizer, max_displacement_A
 from .problem import (
@@ -330,6 +332,7 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         stopped_by = "max_phases"
     bar.close()
     params, _ = off_mesh(fit.params, None, m)
+    params, switched_off = without_dark_atoms(params)
     status = "finished" if stopped_by is None else "interrupted"
     ending = "converged" if converged_run else ("budget" if stopped_by is None else stopped_by)
     calc = np.asarray(params.images(euler, setup))
@@ -340,17 +343,35 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         t0 = time.perf_counter()
         sigmas = atom_sigmas(params, observed_np, calc, euler, setup)
         sigmas["seconds"] = time.perf_counter() - t0
+    detected = None
+    if params.atoms.n_alive:
+        test = significance(alive["positions_A"], alive["widths_A2"], alive["amplitudes"],
+                            observed_np, calc, euler, params.drift_A, setup, opt.loss)  # fmt: skip
+        detected = {"z": test["z"], "rule": config.adapt.rule,
+                    "threshold_z": threshold_z(config.adapt, observed_np.size)}  # fmt: skip
     rep = report.build_report(
         series, config, params, observed_np, calc, setup, fit.history, fit.progress(opt),
-        elapsed(), status, stopped_by, method, species, sigmas,
+        elapsed(), status, stopped_by, method, species, sigmas, detected,
     )  # fmt: skip
     rep["ended_by"] = ending
+    rep["n_atoms_switched_off"] = switched_off
     if run_folder is not None:
         report.write_outputs(run_folder, config, series, params, observed_np, calc, rep, species,
-                             figures, sigmas)  # fmt: skip
+                             figures, sigmas, detected)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
     return Outcome(params, species, rep)
+
+
+def without_dark_atoms(params: Params) -> tuple[Params, int]:
+    """``params`` with the atoms whose amplitude the fit brought to 0 marked dead (they add
+    nothing to any image, so the model is unchanged) and how many there were."""
+    atoms = params.atoms
+    dark = np.asarray(atoms.alive) & (np.asarray(atoms.amplitudes) <= 0)
+    if not dark.any():
+        return params, 0
+    alive = jnp.asarray(np.asarray(atoms.alive) & ~dark)
+    return eqx.tree_at(lambda p: p.atoms.alive, params, alive), int(dark.sum())
 
 
 def _version() -> str:

@@ -70,7 +70,7 @@ class InitConfig:
     sirt_iterations: int = 10
     support_fraction: float = 0.15
     peak_fraction: float = 0.2
-    min_distance_A: float = 1.8
+    min_distance_A: float = 1.2
     n_random: int | None = None
     seed: int = 0
     box_A: tuple[float, float, float] | None = None

@@ -33,10 +33,12 @@ def classify(config, alive: dict[str, np.ndarray]):
 
 
 def build_report(series, config, params, observed, calc, setup, history, progress, elapsed_s,
-                 status, stopped_by, optimizer, species, sigmas=None):  # fmt: skip
+                 status, stopped_by, optimizer, species, sigmas=None,
+                 detected=None):  # fmt: skip
     """The run's report (a JSON-ready dict); ``sigmas`` from
     :func:`atomjax.uncertainty.atom_sigmas`, summarised (and calibrated against the
-    ground truth when the series carries it)."""
+    ground truth when the series carries it); ``detected``: each atom's z of the
+    detection test and the threshold (:func:`detection_summary`)."""
     a = params.atoms.alive_numpy()
     rf = metrics.r_factor_series(observed, calc)
     report: dict[str, Any] = {
@@ -72,6 +74,8 @@ def build_report(series, config, params, observed, calc, setup, history, progres
             report["uncertainty"]["calibration"] = uncertainty.calibrate(
                 a["positions_A"], sigmas, series.atoms_positions_A
             )
+    if detected is not None:
+        report["detection"] = detection_summary(detected)
     if series.atoms_positions_A is not None:
         truth_species = series.atoms_species if species is not None else None
         report["metrics"] = metrics.evaluate(
@@ -83,13 +87,30 @@ def build_report(series, config, params, observed, calc, setup, history, progres
     return report
 
 
+def detection_summary(detected: dict[str, Any]) -> dict[str, Any]:
+    """The distribution of the atoms' detection z (:mod:`atomjax.detection`): quantiles,
+    the threshold and how many atoms lie below it now (the last phase's fit moved them)."""
+    z = np.asarray(detected["z"], float)
+    q = [0.0, 0.01, 0.05, 0.5] if z.size else []
+    return {
+        "rule": detected["rule"],
+        "threshold_z": detected["threshold_z"],
+        "z_quantiles": {str(k): float(np.quantile(z, k)) for k in q},
+        "n_below_threshold": int(np.sum(z < detected["threshold_z"])),
+    }
+
+
 def write_outputs(run, config, series, params, observed, calc, report, species, figures,
-                  sigmas=None):  # fmt: skip
-    """atoms.extxyz (with the σ columns when ``sigmas`` is given), the figures and
-    report.json in the run folder; records them as the run's outputs."""
+                  sigmas=None, detected=None):  # fmt: skip
+    """atoms.extxyz (with the σ columns when ``sigmas`` is given, and ``z_detection``
+    when ``detected`` is), the figures and report.json in the run folder; records them
+    as the run's outputs."""
     out = run.path
     a = params.atoms.alive_numpy()
     made = ["atoms.extxyz"]
+    columns = {} if sigmas is None else {k: sigmas[k] for k in uncertainty.SIGMA_NAMES}
+    if detected is not None:
+        columns["z_detection"] = np.asarray(detected["z"], float)
     outputs.write_extxyz(
         out / "atoms.extxyz",
         a["positions_A"],
@@ -97,7 +118,7 @@ def write_outputs(run, config, series, params, observed, calc, report, species, 
         a["amplitudes"],
         species=species,
         info={"mode": config.mode, "n_atoms": len(a["positions_A"]), "status": report["status"]},
-        columns=None if sigmas is None else {k: sigmas[k] for k in uncertainty.SIGMA_NAMES},
+        columns=columns or None,
     )
     if figures:
         made += _write_figures(out, series, observed, calc, report["history"], a,

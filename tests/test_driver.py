@@ -55,3 +55,26 @@ def test_the_driver_holds_either_optimizer_behind_one_interface(series):
         assert all(callable(getattr(opt, name)) for name in ("init", "resize", "run", "describe"))
     with pytest.raises(ValueError, match="unknown optimizer"):
         optimizers.make_optimizer("sgd", fit.OptimConfig(), rates)
+
+
+def test_atoms_the_fit_switched_off_are_dropped_without_changing_the_images():
+    """Amplitude 0 atoms add nothing: dropped at the end (species need H > 0)."""
+    import jax.numpy as jnp
+
+    from atomjax import fit
+    from atomjax.atoms import Atoms
+    from atomjax.data import TiltSeries
+    from atomjax.driver import without_dark_atoms
+    from atomjax.geometry import euler_from_tilts_deg
+    from atomjax.reconstruct import make_setup
+
+    euler_deg = euler_from_tilts_deg(np.linspace(-60, 60, 3))
+    setup = make_setup(TiltSeries(np.zeros((3, 32, 32)), euler_deg, 0.4), ReconstructConfig())
+    pos = np.array([[0.0, 0.0, 0.0], [2.5, 0.0, 0.0], [0.0, 2.5, 1.0]])
+    atoms = Atoms.create(pos, 0.6, np.array([0.3, 0.0, 0.2]), capacity=8)
+    params = fit.Params(atoms, jnp.zeros((3, 3)), None, jnp.full(3, 0.1))
+    euler = jnp.asarray(np.deg2rad(euler_deg))
+    kept, n = without_dark_atoms(params)
+    assert n == 1 and kept.atoms.n_alive == 2
+    np.testing.assert_array_equal(kept.images(euler, setup), params.images(euler, setup))
+    assert without_dark_atoms(kept)[1] == 0

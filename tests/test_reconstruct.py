@@ -127,7 +127,9 @@ def test_resume_refuses_other_settings_or_another_series(series, tmp_path):
 
 @pytest.mark.parametrize("mode", ["direct", "rigid"])
 def test_adapt_step_adds_the_missing_atom_from_the_residual(mode):
-    """The residual's back-projection, scaled by one atom's image peak, finds a gap."""
+    """The residual's back-projection, scaled by one atom's image peak, finds a gap (the
+    threshold rule: on noise-free images the likelihood rule has no noise to refer to;
+    tests/test_detection.py tests it on noisy ones)."""
     import jax.numpy as jnp
 
     from atomjax import fit
@@ -142,7 +144,8 @@ def test_adapt_step_adds_the_missing_atom_from_the_residual(mode):
     truth = structures.fcc_sphere("Au", 4.5).get_positions()
     euler_deg = euler_from_tilts_deg(np.linspace(-60, 60, 9))
     shell = TiltSeries(np.zeros((9, 56, 56)), euler_deg, 0.35, probe=ProbeSettings())
-    config = ReconstructConfig(mode=mode, n_slices=4, slice_thickness_A=4.0)
+    config = ReconstructConfig(mode=mode, n_slices=4, slice_thickness_A=4.0,
+                               adapt={"rule": "threshold"})  # fmt: skip
     setup = make_setup(shell, config)
     probe = make_probe(shell, config, setup)
     observed = render_tilt_series(Atoms.create(truth, 0.6, 0.3), euler_deg, setup, probe)
@@ -191,7 +194,7 @@ def test_signed_residual_adds_no_atoms_from_shot_noise_but_finds_a_missing_one()
     bg = jnp.full(m, background)
 
     def added(kept, residual):
-        cfg = dataclasses.replace(config, adapt=AdaptConfig(residual=residual))
+        cfg = dataclasses.replace(config, adapt=AdaptConfig(residual=residual, rule="threshold"))
         params = fit.Params(Atoms.create(kept, 0.6, 0.3, capacity=64), jnp.zeros((m, 3)), None, bg)
         new, _, counts = step(params, observed, euler, setup, cfg)
         return counts["added"], new.atoms.alive_numpy()["positions_A"][len(kept) :]
@@ -249,7 +252,7 @@ def test_coverage_lets_an_atom_seen_by_few_images_be_added():
 
     def added(coverage):
         cfg = dataclasses.replace(
-            base, adapt=AdaptConfig(coverage=coverage, max_add_distance_A=None)
+            base, adapt=AdaptConfig(coverage=coverage, max_add_distance_A=None, rule="threshold")
         )
         params = fit.Params(Atoms.create(core, 0.6, 0.3, capacity=64), jnp.zeros((m, 3)), None)
         new, _, counts = step(params, observed, euler, setup, cfg)
