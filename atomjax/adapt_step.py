@@ -87,8 +87,11 @@ def context(params: Params, observed, euler_rad, setup, config) -> detection.Con
     def peak(width_A2, amplitude):
         return single_atom_peak(width_A2, amplitude, params.probe, setup, dtype)
 
+    def images_before():
+        return params.images(euler_rad, setup)
+
     return detection.Context(observed, euler_rad, params.drift_A, setup, render, candidates,
-                             peak, config.adapt, config.optim.loss)  # fmt: skip
+                             peak, images_before, config.adapt, config.optim.loss)  # fmt: skip
 
 
 def adapt_step(params: Params, observed, euler_rad, setup, config):
@@ -112,8 +115,7 @@ def adapt_step(params: Params, observed, euler_rad, setup, config):
     pos, widths, amps, source = pos[keep], widths[keep], amps[keep], source[keep]
     added, new_amps = np.zeros((0, 3)), np.zeros(0)
     if cfg.add and med_h > 0:
-        calc_before = params.images(euler_rad, setup)
-        added, new_amps = rule.add(pos, widths, amps, ctx, med_b, med_h, calc_before)
+        added, new_amps = rule.add(pos, widths, amps, ctx, med_b, med_h)
     k = len(added)
     pos = np.concatenate([pos, added])
     widths = np.concatenate([widths, np.full(k, med_b)])

@@ -191,7 +191,7 @@ class Context:
     of the residual observed − calc back-projected into the searched volume:
     (positions (c, 3) Å, values (c,), how many robust σ of the back-projection each
     stands above its noise (c,)); ``single_atom_peak(width, amplitude)`` the peak image
-    value of one atom."""
+    value of one atom; ``images_before()`` the images of the model before the merge."""
 
     observed: Any
     euler_rad: Any
@@ -200,6 +200,7 @@ class Context:
     render: Any
     candidates: Any
     single_atom_peak: Any
+    images_before: Any
     config: Any  # adapt.AdaptConfig
     loss: str = "mse"  # the fit's loss: the likelihood the test refers to
 
@@ -211,9 +212,9 @@ class Rule(Protocol):
         """Boolean mask (n,) of the atoms that stay."""
 
     def add(self, pos, widths, amps, ctx: Context, new_width_A2: float,
-            new_amplitude: float, calc_before) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+            new_amplitude: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(positions (k, 3), amplitudes (k,)) of the atoms to add next to the kept ones
-        ``pos, widths, amps``; ``calc_before``: the images of the model before the merge."""
+        ``pos, widths, amps``."""
 
 
 def threshold_z(config, n_pixels: int) -> float:
@@ -238,11 +239,11 @@ class ThresholdRule:
         c = ctx.config
         return adapt.prune_faint(widths, amps, c.prune_fraction, c.prune_percentile)
 
-    def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude, calc_before):
+    def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude):
         c = ctx.config
         peak = ctx.single_atom_peak(new_width_A2, new_amplitude)
         floor = 0.5 * c.add_fraction * peak
-        cand, value, loudness = ctx.candidates(calc_before, floor)
+        cand, value, loudness = ctx.candidates(ctx.images_before(), floor)
         loud = loudness >= c.add_sigma
         cand, score = cand[loud], value[loud] * (new_amplitude / peak)
         reference = float(np.median(amps)) if len(amps) else new_amplitude
@@ -272,7 +273,7 @@ class LikelihoodRule:
         bright = amps * widths >= ctx.config.min_intensity_fraction * np.median(amps * widths)
         return (test["z"] >= threshold_z(ctx.config, np.size(ctx.observed))) & bright
 
-    def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude, calc_before):
+    def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude):
         c = ctx.config
         calc = ctx.render(pos, widths, amps)
         cand, _, loudness = ctx.candidates(calc, 0.0)

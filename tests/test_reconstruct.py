@@ -48,6 +48,13 @@ def test_direct_fit_finds_every_atom_and_writes_the_run_folder(series, tmp_path)
     assert 0 < u["predicted_rmsd_pm"] < 15 and len(u["calibration"]["z_std"]) == 3
     report = json.loads((out / "report.json").read_text())
     assert report["n_atoms"] == len(result.positions_A)
+    # and its detection z, every atom above the threshold the report names
+    det = report["detection"]
+    assert det["rule"] == "likelihood" and det["threshold_z"] > 5
+    z = back["columns"]["z_detection"]
+    assert z.shape == (len(result.positions_A),)
+    assert det["n_below_threshold"] == int(np.sum(z < det["threshold_z"]))
+    assert det["z_quantiles"]["0.0"] == pytest.approx(float(z.min()), rel=1e-5)
     assert report["settings"]["mode"] == "direct"
     assert (out / "checkpoint" / "checkpoint.json").is_file()
     # the atoms file is what the evaluation CLI reads
