@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from . import fit
+from .batched_linalg import spd_inverse
 from .blocks import N_PARAMS, atom_blocks
 from .loss import LOSSES, POISSON_FLOOR
 
@@ -142,7 +143,7 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
                 b = b + lam * bg_diag * v[1]
             return a, b
 
-        inverse = jnp.linalg.inv(blocks + lam * eye * diag[:, :, None])
+        inverse = spd_inverse(blocks + lam * eye * diag[:, :, None])  # no LAPACK: batched_linalg
 
         def precondition(v):
             a = jnp.einsum("nij,nj->ni", inverse, v[0]) * mask_atoms

@@ -40,6 +40,7 @@ from jaxtyping import Array, Float
 
 from . import geometry
 from .atoms import Atoms
+from .batched_linalg import leading_block_of_inverse, spd_inverse
 from .blocks import N_PARAMS, to_xyz
 
 #: the standard deviations, in the order of the Fisher blocks (x, y, z, B, H)
@@ -243,8 +244,8 @@ def patch_covariance(pairs, index, transpose, alive, free=None):
     blocks = blocks * free[:, None] * free[None, :] + same[None, :, :, None, None] * held
     n, p = index.shape[:2]
     big = blocks.transpose(0, 1, 3, 2, 4).reshape(n, p * N_PARAMS, p * N_PARAMS)
-    cov = jnp.linalg.inv(big)[:, :N_PARAMS, :N_PARAMS]
-    fallback = jnp.linalg.inv(blocks[:, 0, 0])  # the atom alone, should the patch fail
+    cov = leading_block_of_inverse(big, N_PARAMS)  # not jnp.linalg.inv: batched_linalg
+    fallback = spd_inverse(blocks[:, 0, 0])  # the atom alone, should the patch fail
     ok = jnp.all(jnp.isfinite(cov), axis=(1, 2)) & jnp.all(
         jnp.diagonal(cov, axis1=1, axis2=2) > 0, axis=1
     )
