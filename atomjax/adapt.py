@@ -76,6 +76,8 @@ class AdaptConfig:
     significance_z: float | None = None
     candidate_sigma: float = 2.0  # likelihood: test residual peaks this many robust σ up
     min_intensity_fraction: float = 0.1  # likelihood: and need H·B ≥ this × the median
+    # likelihood: atoms wider than this × the median width are tested as pairs (None: never)
+    split_width_ratio: float | None = 1.3
     amplitude_rule: str = "sum"  # "sum": Σ H_i B_i conserved; "mean": mean H (gaussian-atoms)
     prune_fraction: float = 0.1  # prune when H·B < prune_fraction × reference
     prune_percentile: float = 90.0  # reference = this percentile of H·B over the atoms
@@ -102,6 +104,8 @@ class AdaptConfig:
             _check_nonnegative_finite("significance_z", self.significance_z)
         _check_nonnegative_finite("candidate_sigma", self.candidate_sigma)
         _check_fraction("min_intensity_fraction", self.min_intensity_fraction)
+        if self.split_width_ratio is not None:
+            _check_positive_finite("split_width_ratio", self.split_width_ratio)
         if self.amplitude_rule not in AMPLITUDE_RULES:
             raise ValueError(
                 f"amplitude_rule must be one of {AMPLITUDE_RULES}, got {self.amplitude_rule!r}"

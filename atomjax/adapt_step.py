@@ -1,10 +1,11 @@
-"""The step between phases: merge close atoms, keep the ones the data support, add missing ones.
+"""The step between phases: merge close atoms, keep the ones the data support, split the
+ones that are two, add missing ones.
 
 On the host, between the compiled phases of the fit: Gaussians closer than
 ``adapt.min_distance_A`` merge (:func:`atomjax.adapt.merge_close`); the detection rule
-(:mod:`atomjax.detection`, ``adapt.rule``) decides which atoms stay and which peaks of
-the back-projected residual become atoms. The atom buffer then grows or shrinks in
-buckets (:func:`atomjax.adapt.bucket_capacity`).
+(:mod:`atomjax.detection`, ``adapt.rule``) decides which atoms stay, which are pairs
+and which peaks of the back-projected residual become atoms. The atom buffer then grows
+or shrinks in buckets (:func:`atomjax.adapt.bucket_capacity`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def context(params: Params, observed, euler_rad, setup, config) -> detection.Con
 
 
 def adapt_step(params: Params, observed, euler_rad, setup, config):
-    """Merge close atoms, then keep and add by the detection rule (``adapt.rule``,
+    """Merge close atoms, then keep, split and add by the detection rule (``adapt.rule``,
     :mod:`atomjax.detection`), the buffer resized to the new count. Returns (params,
     source, counts): ``source[i]`` is the slot atom i comes from (-1: added), for the
     optimizer's state."""
@@ -113,6 +114,10 @@ def adapt_step(params: Params, observed, euler_rad, setup, config):
     n_merged = len(a["positions_A"]) - len(pos)
     keep = rule.keep(pos, widths, amps, ctx) if len(pos) else np.zeros(0, bool)
     pos, widths, amps, source = pos[keep], widths[keep], amps[keep], source[keep]
+    n_kept = len(pos)
+    pos, widths, amps, was = rule.split(pos, widths, amps, ctx)
+    source = np.where(was >= 0, source[np.clip(was, 0, None)], -1) if len(was) else source
+    n_split = n_kept - int(np.sum(was >= 0))
     added, new_amps = np.zeros((0, 3)), np.zeros(0)
     if cfg.add and med_h > 0:
         added, new_amps = rule.add(pos, widths, amps, ctx, med_b, med_h)
@@ -129,6 +134,7 @@ def adapt_step(params: Params, observed, euler_rad, setup, config):
     counts = {
         "merged": int(n_merged),
         "pruned": int(keep.size - keep.sum()),
+        "split": int(n_split),
         "added": int(k),
         "n_atoms": n,
         "capacity": capacity,

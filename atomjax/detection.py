@@ -22,6 +22,11 @@ atom, Δχ² ≥ 5 ln N over N pixels (z* ≈ 8 for 47 images of 96² pixels), o
 (``benchmarks/bench_detection.py``): on a Ni/Pd/Pt alloy the atoms the fit made of
 model error sit at z 5-12 and the true ones above 30.
 
+A wide atom is often two (a pair the fit covered with one Gaussian): atoms wider than
+``adapt.split_width_ratio`` × the median are tried as pairs sharing their integrated
+intensity, along 24 directions at two separations, and a pair replaces its atom when it
+gains the price of one atom more, Δ(2 log L) ≥ z*² (:func:`split_test`).
+
 Every sum runs over each atom's window in one scan over the images, all atoms at once,
 so the cost is linear in atoms and candidates. The footprints are those of direct
 projection (the probe's blur in the rigid and adaptive modes is not in t_i, as in
@@ -50,7 +55,7 @@ from . import adapt, geometry
 from .atoms import Atoms
 from .blocks import N_PARAMS
 from .loss import POISSON_FLOOR
-from .uncertainty import noise_model, pixel_weights, window_setup
+from .uncertainty import WINDOW_TRUNCATION, noise_model, pixel_weights, window_setup
 
 __all__ = [
     "LikelihoodRule",
@@ -59,9 +64,13 @@ __all__ = [
     "amplitude_sums",
     "make_rule",
     "significance",
+    "split_gains",
+    "split_test",
 ]
 
 RULES = adapt.DETECTION_RULES
+#: the pairs a wide atom is tried as: halves this many × adapt.min_distance_A apart
+SPLIT_SEPARATIONS = (1.05, 1.35)
 
 
 @functools.partial(jax.jit, static_argnames=("uniform", "poisson"))
@@ -136,6 +145,23 @@ def amplitude_sums(
     return live(s), live(f), live(drop)
 
 
+def _likelihood_weights(observed, calc, loss: str, noise):
+    """(pixel weights, noise model, Poisson?, κ): the fit's likelihood as the tests use it
+    — 1/σ²(μ) with σ² = a + b·μ fitted to the residual (Gaussian), or the Poisson
+    information κ/μ of counts κ·y (``loss="poisson"``)."""
+    if noise is None:
+        noise = noise_model(observed, calc)
+    if not noise["mean_variance"] > 0:  # noise-free: any residual is significant
+        scale = float(np.mean(np.square(np.asarray(calc, np.float64)))) + 1e-30
+        noise = {"a": 1e-12 * scale, "b": 0.0, "mean_variance": 1e-12 * scale}
+    poisson = loss == "poisson" and noise["b"] > 0
+    dtype = jnp.asarray(calc).dtype
+    if poisson:  # the Poisson information κ / μ: counts κ·y of mean κ·μ
+        kappa = 1.0 / noise["b"]
+        return kappa / jnp.maximum(jnp.asarray(calc, dtype), POISSON_FLOOR), noise, True, kappa
+    return pixel_weights(calc, noise).astype(dtype), noise, False, 1.0
+
+
 def significance(positions_A, widths_A2, amplitudes, observed, calc, euler_rad, drift_A,
                  setup, loss: str = "mse",
                  noise: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -154,20 +180,9 @@ def significance(positions_A, widths_A2, amplitudes, observed, calc, euler_rad, 
         return {"z": empty, "amplitude": empty, "information": empty, "noise": noise}
     widths = np.broadcast_to(np.asarray(widths_A2, np.float64), (n,))
     amps = np.broadcast_to(np.asarray(amplitudes, np.float64), (n,))
-    if noise is None:
-        noise = noise_model(observed, calc)
-    if not noise["mean_variance"] > 0:  # noise-free: any residual is significant
-        scale = float(np.mean(np.square(np.asarray(calc, np.float64)))) + 1e-30
-        noise = {"a": 1e-12 * scale, "b": 0.0, "mean_variance": 1e-12 * scale}
-    poisson = loss == "poisson" and noise["b"] > 0
+    weights, noise, poisson, kappa = _likelihood_weights(observed, calc, loss, noise)
     dtype = jnp.asarray(calc).dtype
     atoms = Atoms.create(pos, widths, amps, adapt.bucket_capacity(n), dtype=dtype)
-    if poisson:  # the Poisson information κ / μ: counts κ·y of mean κ·μ
-        kappa = 1.0 / noise["b"]
-        weights = kappa / jnp.maximum(jnp.asarray(calc, dtype), POISSON_FLOOR)
-    else:
-        kappa = 1.0
-        weights = pixel_weights(calc, noise).astype(dtype)
     s, f, drop = amplitude_sums(atoms, euler_rad, drift_A, jnp.asarray(observed, dtype),
                                 jnp.asarray(calc, dtype), weights, window_setup(setup, widths),
                                 uniform=noise["b"] == 0, poisson=poisson,
@@ -177,6 +192,128 @@ def significance(positions_A, widths_A2, amplitudes, observed, calc, euler_rad, 
     removal = np.sign(drop) * np.sqrt(2 * np.abs(drop))
     z = np.where(amps > 0, removal, s / np.sqrt(f))
     return {"z": z, "amplitude": amps + s / f, "information": f, "noise": noise}
+
+
+def split_directions(n: int = 24) -> np.ndarray:
+    """(n, 3) unit vectors spread evenly over a half sphere (a pair along d is the pair
+    along −d): a Fibonacci lattice."""
+    k = np.arange(n) + 0.5
+    z = k / n  # cos θ uniform in (0, 1]: equal areas
+    phi = np.pi * (1 + 5**0.5) * k
+    r = np.sqrt(1 - z**2)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("poisson",))
+def split_gains(
+    positions_A: Float[Array, "n 3"],
+    widths_A2: Float[Array, " n"],
+    amplitudes: Float[Array, " n"],
+    offsets_A: Float[Array, "n k 3"],
+    new_widths_A2: Float[Array, " n"],
+    new_amplitudes: Float[Array, " n"],
+    euler_rad: Float[Array, "m 3"],
+    drift_A: Float[Array, "m 3"],
+    observed: Float[Array, "m nu nv"],
+    calc: Float[Array, "m nu nv"],
+    weights: Float[Array, "m nu nv"],
+    setup,
+    poisson: bool = False,
+    counts_per_unit: float = 1.0,
+) -> Array:
+    """(n, k): how much 2 log L gains when atom i is replaced by two atoms at
+    x_i ± offsets_A[i, j], each of width new_widths_A2[i] and amplitude
+    new_amplitudes[i], everything else held. With the model change e on the atom's
+    window: Σ w (2 r e − e²) (Gaussian), or 2κ Σ (y log((μ + e)/μ) − e) (``poisson``).
+    The window (``setup.radius_px``) must hold the pair."""
+    ps, rad = setup.pixel_size_A, setup.radius_px
+    nu, nv = setup.image_shape
+    steps = jnp.arange(-rad, rad + 1)
+    rotations = geometry.rotation_matrix(euler_rad)
+    pos, b0, h0 = positions_A, widths_A2[:, None], amplitudes[:, None, None]
+    b1, h1 = new_widths_A2[:, None, None], new_amplitudes[:, None, None, None]
+
+    def grid(coord, n_pix):  # the window's pixels around each atom (n, w), Å and index
+        centre = jnp.round(coord / ps)[:, None] + steps
+        inside = (centre >= -(n_pix // 2)) & (centre < n_pix - n_pix // 2)
+        return centre * ps, inside, jnp.clip(centre + n_pix // 2, 0, n_pix - 1).astype(jnp.int32)
+
+    def view(total, data):
+        rot, drift, y_img, mu_img, w_img = data
+        uvw = pos @ rot.T + drift  # (n, 3)
+        duv = offsets_A @ rot.T  # (n, k, 3)
+        xu, inu, iu = grid(uvw[:, 0], nu)
+        xv, inv, iv = grid(uvw[:, 1], nv)
+        one = (
+            jnp.exp(-((xu - uvw[:, :1]) ** 2) / b0)[:, :, None]
+            * jnp.exp(-((xv - uvw[:, 1:2]) ** 2) / b0)[:, None, :]
+        )  # (n, w, w)
+
+        def atom(sign):  # (n, k, w, w): one half of each pair
+            cu = uvw[:, None, :1] + sign * duv[..., :1]
+            cv = uvw[:, None, 1:2] + sign * duv[..., 1:2]
+            gu = jnp.exp(-((xu[:, None] - cu) ** 2) / b1)
+            gv = jnp.exp(-((xv[:, None] - cv) ** 2) / b1)
+            return gu[..., :, None] * gv[..., None, :]
+
+        inside = (inu[:, :, None] & inv[:, None, :])[:, None]
+        e = jnp.where(inside, h1 * (atom(1.0) + atom(-1.0)) - (h0 * one)[:, None], 0.0)
+        window = lambda img: img[iu[:, :, None], iv[:, None, :]][:, None]  # noqa: E731
+        if poisson:
+            mu = jnp.maximum(window(mu_img), POISSON_FLOOR)
+            mu1 = jnp.maximum(mu + e, POISSON_FLOOR)
+            change = xlogy(window(y_img), mu1 / mu) - (mu1 - mu)
+            gain = 2 * counts_per_unit * jnp.sum(change, (2, 3))
+        else:
+            r = window(y_img - mu_img)
+            gain = jnp.sum(window(w_img) * (2 * r * e - e**2), (2, 3))
+        return total + gain, None
+
+    zero = jnp.zeros(offsets_A.shape[:2], pos.dtype)
+    data = (rotations, drift_A.astype(pos.dtype), observed, calc, weights)
+    gain, _ = jax.lax.scan(view, zero, data)
+    return gain
+
+
+def split_test(positions_A, widths_A2, amplitudes, observed, calc, euler_rad, drift_A, setup,
+               new_width_A2: float, separations_A=(1.8, 2.35), n_directions: int = 24,
+               loss: str = "mse", noise: dict | None = None) -> dict[str, Any]:  # fmt: skip
+    """Is atom i (of the model ``calc``) two atoms? Each is tried as a pair at x_i ± d/2
+    along ``n_directions`` directions for each separation d in ``separations_A``, the
+    halves of width ``new_width_A2`` sharing its integrated intensity H·B. Returns
+    ``{"gain"}`` (n,): the best pair's gain in 2 log L (:func:`split_gains`, the same
+    likelihood as :func:`significance`), and that pair's ``"positions_A"`` (n, 2, 3),
+    ``"amplitude"`` (n,) and ``"noise"``."""
+    pos = np.asarray(positions_A, np.float64).reshape(-1, 3)
+    n = len(pos)
+    if n == 0:
+        return {"gain": np.zeros(0), "positions_A": np.zeros((0, 2, 3)), "amplitude": np.zeros(0),
+                "noise": noise}  # fmt: skip
+    widths = np.broadcast_to(np.asarray(widths_A2, np.float64), (n,))
+    amps = np.broadcast_to(np.asarray(amplitudes, np.float64), (n,))
+    new_amp = amps * widths / (2 * new_width_A2)
+    half = np.asarray(separations_A, np.float64)[:, None, None] / 2
+    offsets = (half * split_directions(n_directions)[None]).reshape(-1, 3)  # (k, 3)
+    weights, noise, poisson, kappa = _likelihood_weights(observed, calc, loss, noise)
+    dtype = jnp.asarray(calc).dtype
+    cap = adapt.bucket_capacity(n)  # padded: one program per bucket, not per count
+    pad = lambda x, fill: np.concatenate([x, np.full((cap - n,) + x.shape[1:], fill)])  # noqa: E731
+    reach_A = float(np.max(half)) + np.sqrt(max(float(np.max(widths)), new_width_A2)
+                                            * np.log(1.0 / WINDOW_TRUNCATION))  # fmt: skip
+    wsetup = dataclasses.replace(setup, window_radius_px=int(np.ceil(reach_A / setup.pixel_size_A)))
+    gain = split_gains(
+        jnp.asarray(pad(pos, 0.0), dtype), jnp.asarray(pad(widths, 1.0), dtype),
+        jnp.asarray(pad(amps, 0.0), dtype),
+        jnp.asarray(np.broadcast_to(offsets, (cap,) + offsets.shape), dtype),
+        jnp.full(cap, new_width_A2, dtype), jnp.asarray(pad(new_amp, 0.0), dtype),
+        euler_rad, drift_A, jnp.asarray(observed, dtype), jnp.asarray(calc, dtype), weights,
+        wsetup, poisson=poisson, counts_per_unit=kappa,
+    )  # fmt: skip
+    gain = np.asarray(gain, np.float64)[:n]
+    best = np.argmax(gain, axis=1)
+    d = offsets[best]  # (n, 3)
+    return {"gain": gain[np.arange(n), best], "positions_A": np.stack([pos + d, pos - d], 1),
+            "amplitude": new_amp, "noise": noise}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the rules
@@ -211,6 +348,10 @@ class Rule(Protocol):
     def keep(self, pos, widths, amps, ctx: Context) -> np.ndarray:
         """Boolean mask (n,) of the atoms that stay."""
 
+    def split(self, pos, widths, amps, ctx: Context) -> tuple[np.ndarray, ...]:
+        """(pos, widths, amps, source) with the atoms that are two atoms replaced by
+        their pairs; ``source[k]``: the input atom atom k is, -1 for a half of a pair."""
+
     def add(self, pos, widths, amps, ctx: Context, new_width_A2: float,
             new_amplitude: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(positions (k, 3), amplitudes (k,)) of the atoms to add next to the kept ones
@@ -238,6 +379,9 @@ class ThresholdRule:
     def keep(self, pos, widths, amps, ctx):
         c = ctx.config
         return adapt.prune_faint(widths, amps, c.prune_fraction, c.prune_percentile)
+
+    def split(self, pos, widths, amps, ctx):
+        return pos, widths, amps, np.arange(len(pos))  # the earlier rule split nothing
 
     def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude):
         c = ctx.config
@@ -272,6 +416,39 @@ class LikelihoodRule:
                             ctx.setup, ctx.loss)  # fmt: skip
         bright = amps * widths >= ctx.config.min_intensity_fraction * np.median(amps * widths)
         return (test["z"] >= threshold_z(ctx.config, np.size(ctx.observed))) & bright
+
+    def split(self, pos, widths, amps, ctx):
+        """Atoms wider than split_width_ratio × the median width are tried as pairs
+        (:func:`split_test`: (1.05, 1.35) × min_distance_A apart, so the next merge
+        keeps them apart, halves of the median width); a pair replaces its atom when it
+        gains the price of the extra atom, Δ(2 log L) ≥ z*², at most max_add_fraction
+        of the atoms a step, the largest gains first."""
+        c, n = ctx.config, len(pos)
+        same = pos, widths, amps, np.arange(n)
+        if c.split_width_ratio is None or n < 2:
+            return same
+        width = float(np.median(widths))
+        wide = np.nonzero(widths > c.split_width_ratio * width)[0]
+        if len(wide) == 0:
+            return same
+        calc = ctx.render(pos, widths, amps)
+        test = split_test(pos[wide], widths[wide], amps[wide], ctx.observed, calc, ctx.euler_rad,
+                          ctx.drift_A, ctx.setup, width,
+                          tuple(f * c.min_distance_A for f in SPLIT_SEPARATIONS),
+                          loss=ctx.loss)  # fmt: skip
+        passed = np.nonzero(test["gain"] >= threshold_z(c, np.size(ctx.observed)) ** 2)[0]
+        passed = passed[np.argsort(-test["gain"][passed], kind="stable")][: _max_new(n, c)]
+        if len(passed) == 0:
+            return same
+        stay = np.ones(n, bool)
+        stay[wide[passed]] = False
+        k = 2 * len(passed)
+        return (
+            np.concatenate([pos[stay], test["positions_A"][passed].reshape(-1, 3)]),
+            np.concatenate([widths[stay], np.full(k, width)]),
+            np.concatenate([amps[stay], np.repeat(test["amplitude"][passed], 2)]),
+            np.concatenate([np.nonzero(stay)[0], np.full(k, -1)]),
+        )
 
     def add(self, pos, widths, amps, ctx, new_width_A2, new_amplitude):
         c = ctx.config

@@ -271,6 +271,7 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     converged_run = bool(fit.history.get("converged", False))
     while fit.phase < last and stopped_by is None and not converged_run:
         phase = fit.phase
+        t_phase = time.perf_counter()
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase), steps)
         converged = False
         for piece in np.split(np.arange(steps), n_pieces(steps)):
@@ -308,17 +309,19 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
             "loss_end": float(losses[-1]),
             "rejected_steps": fit.phase_rejected,
             "n_atoms": fit.params.atoms.n_alive,
+            "fit_seconds": time.perf_counter() - t_phase,
             **optimizer.describe(fit.state),
         }
         changed = False
         if config.adapt_between_phases and phase < opt.n_phases - 1:
+            t_adapt = time.perf_counter()
             params, source, counts = adapt_step(
                 *off_mesh(fit.params, None, m)[:1], observed, euler, setup, config
             )
             state = optimizer.resize(off_mesh(fit.params, fit.state, m)[1], params, source)
             fit.params, fit.state = on_mesh(params, state, data.mesh)
-            phase_record.update(counts)
-            changed = counts["merged"] + counts["pruned"] + counts["added"] > 0
+            phase_record.update(counts, adapt_seconds=time.perf_counter() - t_adapt)
+            changed = sum(counts[k] for k in ("merged", "pruned", "split", "added")) > 0
         gained = (losses[0] - losses[-1]) / losses[0] if losses[0] > 0 else 0.0
         converged_run = opt.converge and converged and not changed and gained < opt.converge_rtol
         fit.history["phases"].append(phase_record)
