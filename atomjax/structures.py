@@ -49,9 +49,18 @@ def _check_positive(name: str, value: float) -> float:
     return value
 
 
+#: fcc lattice constants (Å) of metals whose ground state is not fcc but whose fcc phase
+#: is the one in fcc alloys: β-Co (stable above ~700 K, 3.544 Å at room temperature in
+#: nanoparticles and films), as in fcc CoPt and CoPd solid solutions.
+FCC_PHASES_A = {"Co": 3.544}
+
+
 def fcc_lattice_constant_A(element: str) -> float:
-    """ase's reference fcc lattice constant of ``element`` in Å; ValueError if not fcc."""
+    """ase's reference fcc lattice constant of ``element`` in Å, or the fcc phase's of
+    :data:`FCC_PHASES_A`; ValueError if neither."""
     _check_element(element)
+    if element in FCC_PHASES_A:
+        return FCC_PHASES_A[element]
     ref = reference_states[atomic_numbers[element]]
     if ref is None or ref.get("symmetry") != "fcc":
         sym = None if ref is None else ref.get("symmetry")

@@ -55,6 +55,8 @@ CASES = {
     "nipdpt": ({"particle": {"kind": "alloy", "element": "Ni,Pd,Pt", "size_A": 10.0}, **_GAUSS},
                ["Ni", "Pd", "Pt"], {}),
     "fept": ({"particle": {"kind": "fept", "size_A": 10.0}, **_GAUSS}, ["Fe", "Pt"], {}),
+    "copdpt": ({"particle": {"kind": "alloy", "element": "Co,Pd,Pt", "size_A": 10.0}, **_GAUSS},
+               ["Co", "Pd", "Pt"], {}),
     "si_dose250": ({**_SI, "dose_e_per_A2": 250.0}, ["Si"], {"optim": {"loss": "poisson"}}),
     "si_dose60": ({**_SI, "dose_e_per_A2": 60.0}, ["Si"], {"optim": {"loss": "poisson"}}),
     "si_dose25": ({**_SI, "dose_e_per_A2": 25.0}, ["Si"], {"optim": {"loss": "poisson"}}),
