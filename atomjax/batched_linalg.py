@@ -31,6 +31,11 @@ def spd_inverse(a: Float[Array, "... p p"]) -> Float[Array, "... p p"]:
     definite) that variable's row and column of the result are 0: no step, no variance;
     check the diagonal where that matters."""
     p = a.shape[-1]
+    # equilibrated first, D^-½ A D^-½ with D = diag A (unit diagonal, whatever the
+    # parameters' units), undone after
+    d = jnp.diagonal(a, axis1=-2, axis2=-1)
+    s = jnp.where(d > 0, 1 / jnp.sqrt(jnp.where(d > 0, d, 1)), 0)
+    a = a * s[..., :, None] * s[..., None, :]
     eye = jnp.broadcast_to(jnp.eye(p, dtype=a.dtype), a.shape)
     aug = jnp.concatenate([a, eye], axis=-1)  # (..., p, 2p): [A | I] → [I | A⁻¹]
 
@@ -42,7 +47,8 @@ def spd_inverse(a: Float[Array, "... p p"]) -> Float[Array, "... p p"]:
         aug = aug - col[..., :, None] * row[..., None, :]
         return jax.lax.dynamic_update_index_in_dim(aug, row, k, axis=-2)
 
-    return jax.lax.fori_loop(0, p, eliminate, aug)[..., p:]
+    inverse = jax.lax.fori_loop(0, p, eliminate, aug)[..., p:]
+    return inverse * s[..., :, None] * s[..., None, :]
 
 
 def leading_block_of_inverse(a: Float[Array, "n p p"], m: int, chunk: int = 32) -> Array:

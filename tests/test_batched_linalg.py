@@ -84,3 +84,16 @@ def test_the_covariance_and_lm_programs_call_no_lapack():
     prims |= _primitives(step.jaxpr)
     assert "scan" in prims and "while" in prims  # the walk reached the loop bodies
     assert not prims & set(LAPACK_PRIMITIVES), prims & set(LAPACK_PRIMITIVES)
+
+
+def test_float32_inverse_of_badly_scaled_blocks_is_accurate():
+    """Blocks whose parameters differ in scale by 1e18 in float32 (as positions, widths
+    and amplitudes can): as accurate as numpy's float64 inverse of the float32 matrix."""
+    a = spd(50, 5, 6, condition=30.0)
+    scale = np.array([1e-12, 1e-6, 1.0, 1e3, 1e6])
+    a = a * scale[:, None] * scale[None, :]
+    a32 = a.astype(np.float32)
+    got = np.asarray(spd_inverse(jnp.asarray(a32))).astype(np.float64)
+    want = np.linalg.inv(a32.astype(np.float64))
+    rel = np.abs(got - want) / np.sqrt(np.abs(np.einsum("nii,njj->nij", want, want)))
+    assert rel.max() < 1e-4, rel.max()
