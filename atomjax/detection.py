@@ -73,6 +73,17 @@ RULES = adapt.DETECTION_RULES
 SPLIT_SEPARATIONS = (1.05, 1.35)
 
 
+def _window(coord_A, n_pix: int, pixel_size_A: float, radius_px: int):
+    """Each atom's window of 2·radius + 1 pixels along one image axis around its centre
+    ``coord_A`` (n,): (pixel positions (n, w) Å, inside the image (n, w), pixel index
+    (n, w), clipped into the image)."""
+    steps = jnp.arange(-radius_px, radius_px + 1)
+    centre = jnp.round(jax.lax.stop_gradient(coord_A) / pixel_size_A)[:, None] + steps
+    inside = (centre >= -(n_pix // 2)) & (centre < n_pix - n_pix // 2)  # pixel - n // 2
+    index = jnp.clip(centre + n_pix // 2, 0, n_pix - 1).astype(jnp.int32)
+    return centre * pixel_size_A, inside, index
+
+
 @functools.partial(jax.jit, static_argnames=("uniform", "poisson"))
 def amplitude_sums(
     atoms: Atoms,
@@ -101,15 +112,11 @@ def amplitude_sums(
     pos, widths, amps = atoms.masked()
     ps, rad = setup.pixel_size_A, setup.radius_px
     nu, nv = setup.image_shape
-    steps = jnp.arange(-rad, rad + 1)
     rotations = geometry.rotation_matrix(euler_rad)
 
     def profile(coord, n_pix):
-        centre = jnp.round(jax.lax.stop_gradient(coord) / ps)[:, None] + steps  # pixel - n//2
-        inside = (centre >= -(n_pix // 2)) & (centre < n_pix - n_pix // 2)
-        g = jnp.where(inside, jnp.exp(-((centre * ps - coord[:, None]) ** 2) / widths[:, None]), 0)
-        index = jnp.clip(centre + n_pix // 2, 0, n_pix - 1).astype(jnp.int32)
-        return g, index
+        x, inside, index = _window(coord, n_pix, ps, rad)
+        return jnp.where(inside, jnp.exp(-((x - coord[:, None]) ** 2) / widths[:, None]), 0), index
 
     def view(total, data):
         rot, drift, y_img, mu_img, w_img = data
@@ -228,22 +235,16 @@ def split_gains(
     The window (``setup.radius_px``) must hold the pair."""
     ps, rad = setup.pixel_size_A, setup.radius_px
     nu, nv = setup.image_shape
-    steps = jnp.arange(-rad, rad + 1)
     rotations = geometry.rotation_matrix(euler_rad)
     pos, b0, h0 = positions_A, widths_A2[:, None], amplitudes[:, None, None]
     b1, h1 = new_widths_A2[:, None, None], new_amplitudes[:, None, None, None]
-
-    def grid(coord, n_pix):  # the window's pixels around each atom (n, w), Å and index
-        centre = jnp.round(coord / ps)[:, None] + steps
-        inside = (centre >= -(n_pix // 2)) & (centre < n_pix - n_pix // 2)
-        return centre * ps, inside, jnp.clip(centre + n_pix // 2, 0, n_pix - 1).astype(jnp.int32)
 
     def view(total, data):
         rot, drift, y_img, mu_img, w_img = data
         uvw = pos @ rot.T + drift  # (n, 3)
         duv = offsets_A @ rot.T  # (n, k, 3)
-        xu, inu, iu = grid(uvw[:, 0], nu)
-        xv, inv, iv = grid(uvw[:, 1], nv)
+        xu, inu, iu = _window(uvw[:, 0], nu, ps, rad)
+        xv, inv, iv = _window(uvw[:, 1], nv, ps, rad)
         one = (
             jnp.exp(-((xu - uvw[:, :1]) ** 2) / b0)[:, :, None]
             * jnp.exp(-((xv - uvw[:, 1:2]) ** 2) / b0)[:, None, :]

@@ -77,9 +77,16 @@ def test_the_covariance_and_lm_programs_call_no_lapack():
     config = fit.OptimConfig(method="lm")
     state = levenberg.LMState.create(config, jnp.zeros(()).dtype)
     step = jax.make_jaxpr(
-        lambda p, s: levenberg.run_steps(p, s, jax.random.split(jax.random.PRNGKey(0), 2),
-                                         jnp.zeros((3, 16, 16)), jnp.zeros((3, 3)), setup,
-                                         config, fit.Rates.from_config(config, 0.3))  # fmt: skip
+        lambda p, s: levenberg.run_steps(
+            p,
+            s,
+            jax.random.split(jax.random.PRNGKey(0), 2),
+            jnp.zeros((3, 16, 16)),
+            jnp.zeros((3, 3)),
+            setup,
+            config,
+            fit.Rates.from_config(config, 0.3),
+        )  # fmt: skip
     )(params, state)
     prims |= _primitives(step.jaxpr)
     assert "scan" in prims and "while" in prims  # the walk reached the loop bodies

@@ -69,6 +69,8 @@ def test_resume_equals_uninterrupted(series, tmp_path):
         series, config, out_dir=tmp_path / "b", progress=False, figures=False, max_phases=2
     )
     assert len(part.report["history"]["phases"]) == 2
+    first = part.report["history"]["phases"][0]  # each phase's wall time, fit and adapt step
+    assert first["fit_seconds"] > 0 and first["adapt_seconds"] > 0, first
     resumed = reconstruct(
         series, config, out_dir=tmp_path / "b", resume=True, progress=False, figures=False
     )

@@ -127,7 +127,7 @@ def test_co_alloys_use_the_fcc_phase_of_co():
     """Co is hcp in ase; in an fcc alloy Vegard's law takes β-Co's 3.544 Å."""
     particle = structures.alloy(("Co", "Pd", "Pt"), radius_A=6.0)
     assert sorted(set(particle.get_chemical_symbols())) == ["Co", "Pd", "Pt"]
-    a = (3.544 + structures.fcc_lattice_constant_A("Pd") + structures.fcc_lattice_constant_A("Pt"))
+    a = 3.544 + structures.fcc_lattice_constant_A("Pd") + structures.fcc_lattice_constant_A("Pt")
     d = particle.get_all_distances()
     np.testing.assert_allclose(np.min(d[d > 0]), a / 3 / np.sqrt(2), rtol=1e-6)
 
