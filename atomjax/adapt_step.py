@@ -52,14 +52,15 @@ def residual_candidates(params: Params, calc, observed, euler_rad, setup, config
         setup.image_shape, setup.pixel_size_A, config.add_voxel_size_A, config.init.box_A
     )
     voxel = config.add_voxel_size_A
-    bp = tomogram.back_project_volume(resid, euler_rad, params.drift_A, setup.pixel_size_A,
+    views = np.asarray(params.euler(euler_rad))  # the angles as fitted
+    bp = tomogram.back_project_volume(resid, views, params.drift_A, setup.pixel_size_A,
                                       shape, voxel)  # fmt: skip
     volume = np.asarray(bp).reshape(shape)
     seen = np.ones(shape)
     if config.adapt.coverage:  # the mean over the images that see each voxel
         ones = jnp.ones_like(observed)
         seen = np.asarray(
-            tomogram.back_project_volume(ones, euler_rad, params.drift_A, setup.pixel_size_A,
+            tomogram.back_project_volume(ones, views, params.drift_A, setup.pixel_size_A,
                                          shape, voxel)
         ).reshape(shape)  # fmt: skip
         seen = np.clip(seen, MIN_COVERAGE, None)
@@ -91,8 +92,9 @@ def context(params: Params, observed, euler_rad, setup, config) -> detection.Con
     def images_before():
         return params.images(euler_rad, setup)
 
-    return detection.Context(observed, euler_rad, params.drift_A, setup, render, candidates,
-                             peak, images_before, config.adapt, config.optim.loss)  # fmt: skip
+    return detection.Context(observed, params.euler(euler_rad), params.drift_A, setup, render,
+                             candidates, peak, images_before, config.adapt,
+                             config.optim.loss)  # fmt: skip
 
 
 def adapt_step(params: Params, observed, euler_rad, setup, config):

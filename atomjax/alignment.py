@@ -20,9 +20,15 @@ Before the fit, on the host (numpy), from the images alone:
 
 An :class:`Alignment` is saved as a small JSON file, loaded by a later run and applied
 with :func:`apply`: the images shifted onto the rotation centre and φ += α for every
-image. Measured on a 14 Å amorphous Si particle (29 tilts ±70°, 5 % noise, tilt axis
-off by 1° and −3.3°, shifts of σ 1 Å): shifts to 0.03 Å (u) and 0.02 Å (v) RMS, the
-axis to 0.3-0.5°. A compact particle's profiles change little with the axis, so the
+image. Or it is the fit's starting point (:func:`starting_values`, the setting
+``reconstruct.align``): the shifts become the starting per-image drift and α the
+starting φ, the images left as they are (no resampling); a fit that refines the pose
+(:mod:`atomjax.pose`) writes what it refined as an alignment again (:func:`refined`),
+with per-image tilt and in-plane rotation corrections.
+
+Measured on a 14 Å amorphous Si particle (29 tilts ±70°, 5 % noise, tilt axis off by
+1° and −3.3°, shifts of σ 1 Å): shifts to 0.03 Å (u) and 0.02 Å (v) RMS, the axis to
+0.3-0.5°. A compact particle's profiles change little with the axis, so the
 angle is the weak part: the fit's angle refinement is to finish it.
 """
 
@@ -40,7 +46,8 @@ from scipy import ndimage
 from .background import estimate_background
 from .data import TiltSeries
 
-__all__ = ["Alignment", "apply", "centre_shifts_A", "estimate", "load", "tilt_axis_deg"]
+__all__ = ["Alignment", "apply", "centre_shifts_A", "estimate", "load", "refined",
+           "starting_values", "tilt_axis_deg"]  # fmt: skip
 
 FORMAT = "atomjax-alignment/1"
 
@@ -49,13 +56,17 @@ FORMAT = "atomjax-alignment/1"
 class Alignment:
     """tilt_axis_deg: the in-plane angle α of the tilt axis (Euler φ of every image);
     shifts_A: (m, 2) the particle's centre (u, v) in each image, Å from the image centre;
-    method and what it measured (``info``), for the record."""
+    method and what it measured (``info``), for the record; tilt_offsets_deg and
+    rotation_offsets_deg: (m,) corrections to each image's tilt θ and in-plane rotation φ
+    (None: none; a fit that refines the pose writes them)."""
 
     tilt_axis_deg: float
     shifts_A: np.ndarray
     pixel_size_A: float
     method: str = "centre of mass + common line"
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tilt_offsets_deg: np.ndarray | None = None
+    rotation_offsets_deg: np.ndarray | None = None
 
     def __post_init__(self):
         shifts = np.asarray(self.shifts_A, dtype=float)
@@ -65,6 +76,28 @@ class Alignment:
             raise ValueError(f"tilt_axis_deg must be finite, got {self.tilt_axis_deg}")
         object.__setattr__(self, "shifts_A", shifts)
         object.__setattr__(self, "tilt_axis_deg", float(self.tilt_axis_deg))
+        for name in ("tilt_offsets_deg", "rotation_offsets_deg"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            v = np.asarray(v, dtype=float)
+            if v.shape != (shifts.shape[0],) or not np.all(np.isfinite(v)):
+                raise ValueError(
+                    f"{name} must be finite with one value per image ({shifts.shape[0]}), "
+                    f"got shape {v.shape}"
+                )
+            object.__setattr__(self, name, v)
+
+    def euler_deg(self, euler_deg) -> np.ndarray:
+        """A series' Euler angles (m, 3) in degrees with this alignment's angles applied:
+        φ += α (+ each image's rotation offset), θ += each image's tilt offset."""
+        euler = np.array(euler_deg, dtype=float)
+        euler[:, 2] += self.tilt_axis_deg
+        if self.rotation_offsets_deg is not None:
+            euler[:, 2] += self.rotation_offsets_deg
+        if self.tilt_offsets_deg is not None:
+            euler[:, 1] += self.tilt_offsets_deg
+        return euler
 
     @property
     def n_images(self) -> int:
@@ -78,6 +111,8 @@ class Alignment:
             "pixel_size_A": self.pixel_size_A,
             "method": self.method,
             "info": self.info,
+            "tilt_offsets_deg": _as_list(self.tilt_offsets_deg),
+            "rotation_offsets_deg": _as_list(self.rotation_offsets_deg),
         }
 
     def save(self, path: str | os.PathLike) -> pathlib.Path:
@@ -102,7 +137,12 @@ def load(path: str | os.PathLike) -> Alignment:
         raise ValueError(f"{path} is not an alignment file (format {FORMAT!r} expected)")
     return Alignment(record["tilt_axis_deg"], np.asarray(record["shifts_A"], float),
                      float(record["pixel_size_A"]), record.get("method", ""),
-                     record.get("info", {}))  # fmt: skip
+                     record.get("info", {}), record.get("tilt_offsets_deg"),
+                     record.get("rotation_offsets_deg"))  # fmt: skip
+
+
+def _as_list(x):
+    return None if x is None else np.asarray(x, float).tolist()
 
 
 def _check_single_axis(series: TiltSeries) -> None:
@@ -250,7 +290,22 @@ def apply(series: TiltSeries, alignment: Alignment) -> TiltSeries:
     """``series`` aligned: every image shifted by minus its measured centre (cubic
     splines, edges continued), so the particle's centre of mass sits on the rotation
     centre, and φ += α for every image. The series' own ``drift_A`` no longer describes
-    the images and is dropped (the alignment is kept in ``provenance["alignment"]``)."""
+    the images and is dropped (the alignment is kept in ``provenance["alignment"]``).
+    Per-image tilt and rotation offsets, where the alignment holds them, are added to θ
+    and φ."""
+    _check_belongs(series, alignment)
+    shift_px = -alignment.shifts_A / series.pixel_size_A
+    images = np.stack([ndimage.shift(np.asarray(im, float), d, order=3, mode="nearest")
+                       for im, d in zip(series.images, shift_px, strict=True)])  # fmt: skip
+    euler = alignment.euler_deg(series.euler_deg)
+    record = alignment.to_dict()
+    record["info"] = {}
+    provenance = {**series.provenance, "alignment": record}
+    return series.replace(images=images.astype(series.images.dtype, copy=False), euler_deg=euler,
+                          drift_A=None, provenance=provenance)  # fmt: skip
+
+
+def _check_belongs(series: TiltSeries, alignment: Alignment) -> None:
     if alignment.n_images != series.n_angles:
         raise ValueError(
             f"the alignment holds {alignment.n_images} images' shifts and the series "
@@ -261,13 +316,41 @@ def apply(series: TiltSeries, alignment: Alignment) -> TiltSeries:
             f"the alignment was measured at {alignment.pixel_size_A} Å per pixel and the "
             f"series has {series.pixel_size_A}: it belongs to another series"
         )
-    shift_px = -alignment.shifts_A / series.pixel_size_A
-    images = np.stack([ndimage.shift(np.asarray(im, float), d, order=3, mode="nearest")
-                       for im, d in zip(series.images, shift_px, strict=True)])  # fmt: skip
-    euler = series.euler_deg.copy()
-    euler[:, 2] += alignment.tilt_axis_deg
-    record = alignment.to_dict()
-    record["info"] = {}
-    provenance = {**series.provenance, "alignment": record}
-    return series.replace(images=images.astype(series.images.dtype, copy=False), euler_deg=euler,
-                          drift_A=None, provenance=provenance)  # fmt: skip
+
+
+#: ``reconstruct.align`` values besides a file path
+ALIGN_CHOICES = ("estimate",)
+
+
+def starting_values(series: TiltSeries, align: str | os.PathLike | Alignment | None):
+    """Where a fit starts for the setting ``align``: (Euler angles (m, 3) in degrees,
+    drift (m, 3) in Å, the :class:`Alignment` or None). ``align``: None (the series'
+    angles, no drift), "estimate" (:func:`estimate` on the images), an alignment file,
+    or an :class:`Alignment`. The images are not resampled: the fit's drift starts at the
+    measured shifts."""
+    if align is None:
+        return series.euler_deg.copy(), np.zeros((series.n_angles, 3)), None
+    if isinstance(align, Alignment):
+        al = align
+    elif str(align) == "estimate":
+        al = estimate(series)
+    else:
+        al = load(align)
+    _check_belongs(series, al)
+    drift = np.zeros((series.n_angles, 3))
+    drift[:, :2] = al.shifts_A
+    return al.euler_deg(series.euler_deg), drift, al
+
+
+def refined(series: TiltSeries, euler_deg, drift_A, start: Alignment | None) -> Alignment:
+    """The alignment a fit ended with, relative to the series' own angles: its Euler
+    angles ``euler_deg`` (m, 3) (θ and φ corrected) and its drift (m, 3) in Å. The mean
+    φ correction is the tilt axis, the rest per-image rotations."""
+    euler = np.asarray(euler_deg, float)
+    tilt = euler[:, 1] - series.euler_deg[:, 1]
+    phi = euler[:, 2] - series.euler_deg[:, 2]
+    axis = float(np.mean(phi))
+    info = {"start": None if start is None else start.to_dict()}
+    return Alignment(axis, np.asarray(drift_A, float)[:, :2], series.pixel_size_A,
+                     method="refined in the fit", info=info, tilt_offsets_deg=tilt,
+                     rotation_offsets_deg=phi - axis)  # fmt: skip

@@ -2,7 +2,8 @@
 
 * ``atomjax-simulate``    — build a test particle, simulate its tilt series with abTEM;
 * ``atomjax-reconstruct`` — load or simulate a series, fit the atoms, print the accuracy;
-* ``atomjax-evaluate``    — score an atoms file (or a run folder) against ground truth.
+* ``atomjax-evaluate``    — score an atoms file (or a run folder) against ground truth;
+* ``atomjax-align``       — pre-align a single-axis series: an alignment file to start from.
 
 Every app accepts Hydra's overrides (``mode=rigid data.particle.size_A=10``), sweeps
 (``-m mode=direct,rigid,adaptive seed=0,1,2``), presets (``+experiment=modes_prism``)
@@ -400,6 +401,33 @@ class SweepSummary:
 
 
 # -------------------------------------------------------------------- entry points
+
+
+def align_task(cfg: dict[str, Any], out_dir: pathlib.Path, log=None) -> str:
+    """Estimate the pre-alignment of ``cfg["data"]`` and save it (and alignment.png)."""
+    import numpy as np
+
+    from . import alignment, outputs
+    from .pipeline import load_series
+
+    series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
+    al = alignment.estimate(series, float(cfg["search_deg"]), float(cfg["smooth_A"]),
+                            float(cfg["mask_fraction"]))  # fmt: skip
+    out = pathlib.Path(cfg["out"] or pathlib.Path(out_dir) / "alignment.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    al.save(out)
+    if cfg["figures"]:
+        outputs.figure_alignment(out.with_suffix(".png"), series.euler_deg[:, 1], al)
+    rms = np.sqrt(np.mean(al.shifts_A**2, axis=0))
+    print(f"{series.n_angles} images: tilt axis {al.tilt_axis_deg:+.2f}°, shifts RMS "
+          f"u {rms[0]:.2f} Å, v {rms[1]:.2f} Å → {out}\n"
+          f"start a reconstruction from it with reconstruct.align={out}")  # fmt: skip
+    return str(out)
+
+
+def align_main() -> None:
+    """``atomjax-align``: see ``conf/align.yaml``."""
+    _launch("align", align_task)
 
 
 def simulate_main() -> None:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import adapt, checkpoint, init, metrics, report, sharding
+from . import adapt, alignment, checkpoint, init, metrics, pose, report, sharding
 from .adapt_step import adapt_step
 from .atoms import Atoms
 from .background import initial_background
@@ -125,29 +125,45 @@ class Outcome:
     report: dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where the angles and shifts start (``config.align``): the Euler angles in degrees
+    and the drift (m, 3) in Å the fit begins from, and the alignment they came from."""
+
+    euler_deg: np.ndarray
+    drift_A: np.ndarray
+    alignment: Any = None
+
+
 def prepare(series, config):
-    """(observed (numpy), observed, euler, setup, probe, background): what every start
-    needs, computed from the series and the settings alone."""
+    """(observed (numpy), observed, euler, setup, probe, background, start): what every
+    start needs, computed from the series and the settings alone."""
     dtype = jnp.asarray(0.0).dtype
     observed_np = observed_images(series, config)
     setup = make_setup(series, config)
     probe = make_probe(series, config, setup)
     setup = with_depth_rank(setup, probe, config.depth_rank)
     background = initial_background(observed_np, config.background_init)
-    euler = jnp.asarray(series.euler_rad, dtype)
-    return observed_np, jnp.asarray(observed_np, dtype), euler, setup, probe, background
+    start = Start(*alignment.starting_values(series, config.align))
+    euler = jnp.asarray(np.deg2rad(start.euler_deg), dtype)
+    return observed_np, jnp.asarray(observed_np, dtype), euler, setup, probe, background, start
 
 
-def new_fit(series, config, observed_np, euler, setup, probe, background, initial_positions_A,
-            progress) -> tuple[Params, Rates, dict]:  # fmt: skip
+def initial_pose(series, config, dtype) -> pose.Pose | None:
+    """Zero corrections to the series' angles when the fit refines them, else None."""
+    return pose.Pose.zeros(series.n_angles, dtype) if pose.wanted(config.optim) else None
+
+
+def new_fit(series, config, observed_np, euler, setup, probe, background, start: Start,
+            initial_positions_A, progress) -> tuple[Params, Rates, dict]:  # fmt: skip
     """The starting atoms (:mod:`atomjax.init` or given) and their amplitude scale:
     (params, learning rates, history)."""
     dtype = euler.dtype
-    drift0 = jnp.zeros((series.n_angles, 3), dtype)
+    drift0 = jnp.asarray(start.drift_A, dtype)
     signal = observed_np - background[:, None, None]
     if initial_positions_A is None:
         pos, widths, amps = init.initial_atoms(
-            signal, series.euler_deg, None, series.pixel_size_A, config.init, progress
+            signal, start.euler_deg, start.drift_A, series.pixel_size_A, config.init, progress
         )
     else:
         pos = metrics.as_points(initial_positions_A, "initial_positions_A")
@@ -165,7 +181,7 @@ def new_fit(series, config, observed_np, euler, setup, probe, background, initia
         amps = np.asarray(amps) * max(scale, 1e-12)
         atoms = Atoms.create(pos, widths, amps, capacity=capacity, dtype=dtype)
     bg = jnp.asarray(background, dtype) if config.fit_background else None
-    params = Params(atoms, drift0, probe, bg)
+    params = Params(atoms, drift0, probe, bg, initial_pose(series, config, dtype))
     rates = Rates.from_config(config.optim, float(np.median(amps)))
     history = {"loss": [], "phases": [], "n_atoms_initial": len(pos)}
     return params, rates, history
@@ -178,7 +194,8 @@ def resumed_fit(series, config, folder, probe, background, dtype, method: str):
     checkpoint.check_resumable(meta, config.to_dict(), checkpoint.series_info(series))
     atoms = Atoms.create(np.zeros((0, 3)), capacity=int(meta["capacity"]), dtype=dtype)
     bg = jnp.asarray(background, dtype) if config.fit_background else None
-    params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg)
+    params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg,
+                    initial_pose(series, config, dtype))  # fmt: skip
     rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
     optimizer = make_optimizer(method, config.optim, rates)
     params, state = checkpoint.load(folder, (params, optimizer.init(params)))
@@ -214,7 +231,7 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     m = series.n_angles
     opt = config.optim
     method = opt.method  # resolved by ReconstructConfig
-    observed_np, observed, euler, setup, probe, background = prepare(series, config)
+    observed_np, observed, euler, setup, probe, background, start = prepare(series, config)
     ckpt = out / "checkpoint" if out is not None and config.checkpoint else None
     meta = None
     if resume:
@@ -226,7 +243,8 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
             )
     else:
         params, rates, history = new_fit(series, config, observed_np, euler, setup, probe,
-                                         background, initial_positions_A, progress)  # fmt: skip
+                                         background, start, initial_positions_A,
+                                         progress)  # fmt: skip
         state = make_optimizer(method, opt, rates).init(params)
         fit = FitState(params, state, rates, history)
     optimizer = make_optimizer(method, opt, fit.rates)
@@ -349,7 +367,8 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     detected = None
     if params.atoms.n_alive:
         test = significance(alive["positions_A"], alive["widths_A2"], alive["amplitudes"],
-                            observed_np, calc, euler, params.drift_A, setup, opt.loss)  # fmt: skip
+                            observed_np, calc, params.euler(euler), params.drift_A, setup,
+                            opt.loss)  # fmt: skip
         detected = {"z": test["z"], "rule": config.adapt.rule,
                     "threshold_z": threshold_z(config.adapt, observed_np.size)}  # fmt: skip
     rep = report.build_report(
@@ -358,12 +377,31 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     )  # fmt: skip
     rep["ended_by"] = ending
     rep["n_atoms_switched_off"] = switched_off
+    aligned = None
+    if start.alignment is not None or params.pose is not None or opt.lr_drift_A > 0:
+        seen = np.rad2deg(np.asarray(params.euler(euler), float))
+        aligned = alignment.refined(series, seen, np.asarray(params.drift_A), start.alignment)
+        rep["alignment"] = {"start": config.align, "tilt_axis_deg": aligned.tilt_axis_deg,
+                            "tilt_offsets_rms_deg": _rms(aligned.tilt_offsets_deg),
+                            "rotation_offsets_rms_deg": _rms(aligned.rotation_offsets_deg),
+                            "shifts_rms_A": _rms(aligned.shifts_A)}  # fmt: skip
     if run_folder is not None:
+        if aligned is not None:
+            aligned.save(run_folder.path / ALIGNMENT_FILE)
+            run_folder.add_outputs(ALIGNMENT_FILE)
         report.write_outputs(run_folder, config, series, params, observed_np, calc, rep, species,
                              figures, sigmas, detected)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
     return Outcome(params, species, rep)
+
+
+#: the alignment a run ends with, in its run folder (an ``align`` file for a later run)
+ALIGNMENT_FILE = "alignment_refined.json"
+
+
+def _rms(x) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
 
 
 def without_dark_atoms(params: Params) -> tuple[Params, int]:

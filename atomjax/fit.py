@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import pose as pose_lib
 from .atoms import Atoms
 from .loss import LOSSES
 from .render import FixedProbe, ImagingSetup, PhysicalProbe, PixelProbe, render_series
@@ -58,7 +59,10 @@ class OptimConfig:
     lr_positions_A: float = 0.02
     lr_widths_A2: float = 0.005
     lr_amplitudes_rel: float = 0.01
-    lr_drift_A: float = 0.0
+    lr_drift_A: float = 0.0  # per-image shifts (u, v, w); the pose (atomjax.pose):
+    lr_tilt_deg: float = 0.0  # ... per-image tilt offsets
+    lr_rotation_deg: float = 0.0  # ... per-image in-plane rotations
+    lr_axis_deg: float = 0.0  # ... the tilt axis's direction in the image plane
     lr_background: float = 1e-3  # per-image constant offset, in normalised intensity
     lr_probe_logits: float = 0.01  # adaptive, per-pixel probe
     lr_defocus_A: float = 2.0  # adaptive, physical probe: defocus and per-image focus
@@ -145,6 +149,9 @@ def settings_from_dict(cls, d):
 class Params(eqx.Module):
     """Everything the fit may change.
 
+    ``pose``: None, or a :class:`atomjax.pose.Pose` — corrections to the series' angles
+    (tilt and in-plane rotation offsets, the tilt axis) when the fit refines them.
+
     ``background`` (m,): a constant added to every pixel of image j — the vacuum level
     after normalisation, which noise moves away from 0 (LOT eq. 6 subtracts the
     minimum, and with noise the minimum lies below the vacuum). Without it the fit
@@ -155,6 +162,13 @@ class Params(eqx.Module):
     drift_A: jax.Array  # (m, 3)
     probe: Any = None  # None | FixedProbe | PixelProbe | PhysicalProbe
     background: jax.Array | None = None  # (m,)
+    pose: Any = None  # None | atomjax.pose.Pose
+
+    def euler(self, euler_rad, index=None):
+        """The Euler angles (radians) the images ``index`` (all when None) are seen at:
+        the series' own, corrected by the fitted pose."""
+        e = euler_rad if index is None else euler_rad[index]
+        return e if self.pose is None else self.pose.euler(e, index)
 
     def images(self, euler_rad, setup: ImagingSetup, index=None):
         """Model images of the views ``index`` (all when None), background included."""
@@ -162,7 +176,7 @@ class Params(eqx.Module):
             index = jnp.arange(euler_rad.shape[0])
         calc = render_series(
             self.atoms,
-            euler_rad[index],
+            self.euler(euler_rad, index),
             self.drift_A[index],
             batch_probe(self.probe, index),
             setup,
@@ -187,6 +201,7 @@ _GROUPS = {
     "C12_A": ("astigmatism", "lr_astigmatism_A"),
     "phi12_rad": ("astigmatism_angle", "lr_astigmatism_angle_rad"),
     "C30_A": ("cs", "lr_cs_A"),
+    **pose_lib.GROUPS,
 }
 
 
@@ -211,7 +226,7 @@ class Rates:
     def from_config(cls, config: OptimConfig, amplitude_scale: float) -> Rates:
         out = {}
         for label, field in _GROUPS.values():
-            lr = float(getattr(config, field))
+            lr = pose_lib.rate_in_rad(field, float(getattr(config, field)))
             if field == "lr_amplitudes_rel":
                 lr *= float(amplitude_scale)
             out[label] = lr
@@ -264,10 +279,12 @@ def tied(values, alive):
     return jnp.full_like(values, mean)
 
 
-def _project(diff, config: OptimConfig, setup: ImagingSetup, alive=None):
+def _project(diff, config: OptimConfig, setup: ImagingSetup, alive=None, euler_rad=None,
+             weights=None):  # fmt: skip
     """Keep the parameters feasible: widths in [width_min, max_width] (and tied to their
     mean over the ``alive`` atoms with ``config.tie_widths``), amplitudes ≥ 0, per-image
-    focus offsets at zero mean."""
+    focus offsets at zero mean; given the series' ``euler_rad`` (and the padded images'
+    ``weights``), the pose's and shifts' gauge fixed (:func:`atomjax.pose.fix_gauge`)."""
     atoms = diff.atoms
     widths = atoms.widths_A2
     if config.tie_widths:
@@ -285,6 +302,8 @@ def _project(diff, config: OptimConfig, setup: ImagingSetup, alive=None):
             diff,
             (probe.settings.defocus_A + mean, probe.focus_offsets_A - mean),
         )
+    if euler_rad is not None:
+        diff = pose_lib.fix_gauge(diff, euler_rad, config, diff.probe is not None, weights)
     return diff
 
 
@@ -373,7 +392,8 @@ def run_steps(
         loss, grads = jax.value_and_grad(f)(diff)
         updates, new_state = optimizer.update(grads, state, diff)
         updates = jax.tree.map(lambda u: u * (scale * lr_mult).astype(u.dtype), updates)
-        new_diff = _project(eqx.apply_updates(diff, updates), config, setup, static.atoms.alive)
+        new_diff = _project(eqx.apply_updates(diff, updates), config, setup, static.atoms.alive,
+                            euler_rad, weights)  # fmt: skip
         ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_diff)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         diff = keep(new_diff, diff)

@@ -15,7 +15,10 @@ iterations where first-order steps need hundreds. One iteration, inside jit:
    predicted decrease), else λ grows and θ stays.
 
 What it fits: the atoms (positions, widths, amplitudes) and the per-image background,
-each group unless its learning rate is 0 (frozen, as for Adam). Losses: "mse" (the
+each group unless its learning rate is 0 (frozen, as for Adam); and, when the settings
+fit them, the per-image pose and shifts (:mod:`atomjax.pose`): after every atom step a
+damped Gauss–Newton step of the pose, one small block per image, with its own damping
+and its own acceptance test. Losses: "mse" (the
 normal equations of the sum of squares) and "poisson" (Fisher scoring: the same
 equations weighted by 1 / model intensity, i.e. iteratively reweighted least squares).
 The driver picks it through :mod:`atomjax.optimizers`.
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from . import fit
+from . import pose as pose_lib
 from .batched_linalg import spd_inverse
 from .blocks import N_PARAMS, atom_blocks
 from .loss import LOSSES, POISSON_FLOOR
@@ -39,14 +43,20 @@ _LAMBDA_RANGE = (1e-9, 1e9)
 
 
 class LMState(eqx.Module):
-    """The damping λ and its growth factor ν (Nielsen)."""
+    """The damping λ and its growth factor ν (Nielsen), for the atoms and (None when
+    the pose is not fitted) for the pose."""
 
     lam: jax.Array
     nu: jax.Array
+    pose_lam: jax.Array | None = None
+    pose_nu: jax.Array | None = None
 
     @classmethod
     def create(cls, config: fit.OptimConfig, dtype) -> LMState:
-        return cls(jnp.asarray(config.lm_lambda0, dtype), jnp.asarray(2.0, dtype))
+        lam, nu = jnp.asarray(config.lm_lambda0, dtype), jnp.asarray(2.0, dtype)
+        if any(pose_lib.fitted(config).values()):
+            return cls(lam, nu, lam, nu)
+        return cls(lam, nu)
 
 
 def _pack(tree) -> tuple[jax.Array, jax.Array | None]:
@@ -99,7 +109,7 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
         return LOSSES[config.loss](observed, calc)
 
     def step(carry, _):
-        d, lam, nu, n_bad = carry
+        d, lam, nu, n_bad, pose_damping = carry
         calc, f_jvp = jax.linearize(images, d)
         f_vjp = jax.linear_transpose(f_jvp, d)
         loss0 = loss_of(calc)
@@ -115,11 +125,12 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
         g_bg = None if g_bg is None else g_bg * mask_bg / n_pix
 
         p = eqx.combine(d, static)
+        seen = p.euler(euler_rad)
         if poisson:  # the blocks at the mean weight of the images
-            blocks = atom_blocks(p.atoms, euler_rad, p.drift_A, setup, jnp.mean(weight, (1, 2)))
+            blocks = atom_blocks(p.atoms, seen, p.drift_A, setup, jnp.mean(weight, (1, 2)))
             bg_diag = jnp.sum(weight, (1, 2)) / n_pix
         else:
-            blocks = atom_blocks(p.atoms, euler_rad, p.drift_A, setup)
+            blocks = atom_blocks(p.atoms, seen, p.drift_A, setup)
             bg_diag = jnp.full(observed.shape[0], observed[0].size, dtype) / n_pix
         blocks = blocks / n_pix
         # frozen or dead parameters: an identity row and column, no step
@@ -159,21 +170,50 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
         if x_bg is not None:
             damping = damping + jnp.sum(bg_diag * x_bg**2)
         predicted = -(_dot((g_atoms, g_bg), x)) - 0.5 * (x_ax - lam * damping)
-        trial = fit._project(
-            eqx.apply_updates(d, _unpack(d, x_atoms, x_bg)), config, setup, static.atoms.alive
-        )
-        loss1 = loss_of(images(trial))
+        trial = project(eqx.apply_updates(d, _unpack(d, x_atoms, x_bg)))
+        calc1 = images(trial)
+        loss1 = loss_of(calc1)
+        d, lam_new, nu_new, ok = _accept(d, trial, loss0, loss1, predicted, lam, nu)
+        n_bad = n_bad + (~ok).astype(jnp.int32)
+        if pose_damping is not None:  # then the pose, from where the atoms are now
+            calc_d = jnp.where(ok, calc1, calc)
+            loss_d = jnp.where(ok, loss1, loss0)
+            d, pose_damping = _pose_iteration(d, calc_d, loss_d, pose_damping)
+        return (d, lam_new, nu_new, n_bad, pose_damping), loss0
+
+    def project(trial):
+        return fit._project(trial, config, setup, static.atoms.alive, euler_rad)
+
+    def _accept(d, trial, loss0, loss1, predicted, lam, nu):
+        """Nielsen's rule: the trial kept when it lowers the loss, λ adapted."""
         ok = jnp.isfinite(loss1) & (loss1 < loss0) & fit._all_finite(trial)
         rho = (loss0 - loss1) / jnp.maximum(predicted, jnp.finfo(dtype).tiny)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
         lam_new = jnp.clip(jnp.where(ok, lam * shrink, lam * nu), *_LAMBDA_RANGE)
         nu_new = jnp.where(ok, 2.0, 2.0 * nu)
         d = jax.tree.map(lambda new, old: jnp.where(ok, new, old), trial, d)
-        return (d, lam_new, nu_new, n_bad + (~ok).astype(jnp.int32)), loss0
+        return d, lam_new, nu_new, ok
 
-    init = (diff0, state.lam, state.nu, jnp.asarray(0, jnp.int32))
-    (diff, lam, nu, n_bad), losses = jax.lax.scan(step, init, keys)
-    return eqx.combine(diff, static), LMState(lam, nu), losses, n_bad
+    depth = diff0.probe is not None  # the depth modes: the shifts' w matters
+
+    def _pose_iteration(d, calc_d, loss_d, damping):
+        lam_p, nu_p = damping
+        weight_p = None
+        if poisson:
+            c = jnp.maximum(calc_d, POISSON_FLOOR)
+            weight_p = jnp.where(calc_d > POISSON_FLOOR, 1.0 / c, 0.0)
+        trial, predicted = pose_lib.pose_step(images, d, calc_d - observed, weight_p, config,
+                                              depth, lam_p)  # fmt: skip
+        trial = project(trial)
+        d, lam_p, nu_p, _ = _accept(d, trial, loss_d, loss_of(images(trial)), predicted,
+                                    lam_p, nu_p)  # fmt: skip
+        return d, (lam_p, nu_p)
+
+    pose_damping0 = None if state.pose_lam is None else (state.pose_lam, state.pose_nu)
+    init = (diff0, state.lam, state.nu, jnp.asarray(0, jnp.int32), pose_damping0)
+    (diff, lam, nu, n_bad, pose_damping), losses = jax.lax.scan(step, init, keys)
+    pose_state = (None, None) if pose_damping is None else pose_damping
+    return eqx.combine(diff, static), LMState(lam, nu, *pose_state), losses, n_bad
 
 
 def _dot(a, b):

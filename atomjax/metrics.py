@@ -438,6 +438,39 @@ def r_factor_series(observed: Any, calculated: Any) -> RFactor:
     return RFactor(per_image=per, mean=float(per.mean()))
 
 
+class R1Factor(NamedTuple):
+    r1: float  # the mean over the images
+    scale: float  # k
+    per_image: np.ndarray  # (m,), each at the series' k
+
+
+def _l1_scale(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    """The k ≥ 0 minimising Σ w·|a − k·b| (a, b, w ≥ 0): the median of a / b weighted
+    by w·b (exact: the sum is convex and piecewise linear in k)."""
+    keep = (b > 0) & (w > 0)
+    if not keep.any():
+        return 0.0
+    ratio, weight = a[keep] / b[keep], (w * b)[keep]
+    order = np.argsort(ratio)
+    cum = np.cumsum(weight[order])
+    return float(ratio[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def r1_factor_series(observed: Any, calculated: Any) -> R1Factor:
+    """The R1 factor the Materials Data Bank checks a model against its projections with:
+    each image's R1_i = Σ | |obs| − k·|calc| | / Σ |obs| over its pixels, and their mean,
+    with one scale k for the series fitted to minimise that mean (a weighted median,
+    exact). Unlike the R-factor (LOT eq. 11), R1 does not depend on the model's scale."""
+    obs = np.abs(np.asarray(observed, dtype=np.float64))
+    cal = np.abs(np.asarray(calculated, dtype=np.float64))
+    r_factor_series(obs, cal)  # the same checks: shapes, finite, no all-zero image
+    total = obs.sum(axis=(1, 2))
+    w = np.broadcast_to(1.0 / total[:, None, None], obs.shape)
+    k = _l1_scale(obs.ravel(), cal.ravel(), w.ravel())
+    per = np.abs(obs - k * cal).sum(axis=(1, 2)) / total
+    return R1Factor(float(per.mean()), k, per)
+
+
 # --------------------------------------------------------------------------- evaluate
 
 

@@ -8,9 +8,9 @@ whatever the state is in checkpoints. Two implementations:
 * :class:`Adam` — optax Adam per parameter group, the learning rate decaying per
   phase (:func:`atomjax.fit.run_steps`); fits everything, in every mode, on any number
   of devices, with mini-batches of angles;
-* :class:`LevenbergMarquardt` — second-order steps on the atoms and the background
-  (:mod:`atomjax.levenberg`); direct and rigid modes, MSE or Poisson loss, one device,
-  all images every step.
+* :class:`LevenbergMarquardt` — second-order steps on the atoms and the background,
+  and on the per-image pose and shifts where they are fitted (:mod:`atomjax.levenberg`);
+  direct and rigid modes, MSE or Poisson loss, one device, all images every step.
 
 :func:`make_optimizer` picks one from ``OptimConfig.method`` ("auto": Levenberg–
 Marquardt where it applies, else Adam).
@@ -111,7 +111,7 @@ class LevenbergMarquardt:
         return {"lm_lambda": float(state.lam)}
 
 
-def lm_limits(config: OptimConfig, mode: str, probe_fit: str, shard_devices, has_drift: bool):
+def lm_limits(config: OptimConfig, mode: str, probe_fit: str, shard_devices):
     """Why Levenberg–Marquardt cannot fit this run (a list of reasons; empty: it can)."""
     why = []
     if mode == "adaptive":
@@ -122,15 +122,13 @@ def lm_limits(config: OptimConfig, mode: str, probe_fit: str, shard_devices, has
         why.append("shard_devices (it runs on one device)")
     if config.batch_angles is not None:
         why.append("batch_angles (it uses all images every step)")
-    if has_drift and config.lr_drift_A > 0:
-        why.append("lr_drift_A > 0 (it does not fit drift)")
     return why
 
 
 def resolve_method(config: OptimConfig, mode: str, probe_fit: str = "pixel",
                    shard_devices=None) -> str:  # fmt: skip
     """ "adam" or "lm" for ``config.method``; "auto" is "lm" wherever it applies."""
-    why = lm_limits(config, mode, probe_fit, shard_devices, True)
+    why = lm_limits(config, mode, probe_fit, shard_devices)
     if config.method == "lm" and why:
         raise ValueError("optim.method='lm' cannot be used here: " + "; ".join(why))
     if config.method == "auto":

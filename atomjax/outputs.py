@@ -585,3 +585,46 @@ def figure_atoms(
     if val is not None and sc is not None:
         fig.colorbar(sc, ax=list(axes), shrink=0.85, label=values_label)
     return _save_figure(fig, path)
+
+
+def figure_alignment(path: str | os.PathLike, tilts_deg: Any, alignment: Any) -> pathlib.Path:
+    """An :class:`atomjax.alignment.Alignment` against tilt: the shifts (u, v) in Å, the
+    per-image tilt and rotation corrections where it holds them, and the tilt axis's
+    common-line scan where it was estimated; saved atomically."""
+    tilts = _as_vector(tilts_deg, "tilts_deg")
+    shifts = np.asarray(alignment.shifts_A, float)
+    if shifts.shape != (tilts.shape[0], 2):
+        raise ValueError(f"{tilts.shape[0]} tilts for shifts of shape {shifts.shape}")
+    info = alignment.info or {}
+    scan = "scan_deg" in info and "scan_spread" in info
+    offsets = [(name, getattr(alignment, name)) for name in ("tilt_offsets_deg",
+               "rotation_offsets_deg") if getattr(alignment, name) is not None]  # fmt: skip
+    n = 1 + bool(offsets) + scan
+    fig = _new_figure((4.2 * n, 3.6))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    ax = axes[0]
+    ax.plot(tilts, shifts[:, 0], "o-", ms=3, label="u")
+    ax.plot(tilts, shifts[:, 1], "s-", ms=3, label="v")
+    ax.set_xlabel("tilt (°)")
+    ax.set_ylabel("shift (Å)")
+    ax.set_title("image shifts")
+    ax.legend(fontsize=8)
+    k = 1
+    if offsets:
+        ax = axes[k]
+        for name, values in offsets:
+            ax.plot(tilts, values, "o-", ms=3, label=name.replace("_offsets_deg", ""))
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("tilt (°)")
+        ax.set_ylabel("correction (°)")
+        ax.set_title("per-image angles")
+        ax.legend(fontsize=8)
+        k += 1
+    if scan:
+        ax = axes[k]
+        ax.plot(info["scan_deg"], info["scan_spread"], ".", ms=4)
+        ax.axvline(alignment.tilt_axis_deg, color="C3", lw=1)
+        ax.set_xlabel("tilt axis α (°)")
+        ax.set_ylabel("spread of the profiles")
+        ax.set_title(f"common line: α = {alignment.tilt_axis_deg:.2f}°")
+    return _save_figure(fig, path)

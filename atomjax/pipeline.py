@@ -318,10 +318,17 @@ def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         cal = u.get("calibration", {})
         if "z_std" in cal:
             rows.append(("error / σ, std x y z", " ".join(f"{z:.2f}" for z in cal["z_std"])))
-    rows += [
-        ("R-factor (mean)", f"{report['r_factor']['mean']:.4f}"),
-        ("run time", f"{report['run_time_s']:.1f} s"),
-    ]
+    rows.append(("R-factor (mean)", f"{report['r_factor']['mean']:.4f}"))
+    if report.get("r1_factor"):
+        rows.append(("R1 (Materials Data Bank)", f"{report['r1_factor']['r1']:.4f}"))
+    a = report.get("alignment")
+    if a:
+        rows += [
+            ("tilt axis", f"{a['tilt_axis_deg']:+.2f}°"),
+            ("tilt corrections, RMS", f"{a['tilt_offsets_rms_deg']:.2f}°"),
+            ("shifts, RMS", f"{a['shifts_rms_A']:.2f} Å"),
+        ]
+    rows.append(("run time", f"{report['run_time_s']:.1f} s"))
     return rows
 
 
@@ -350,6 +357,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "r_factor": report["r_factor"]["mean"],
         "run_time_s": report["run_time_s"],
     }
+    if report.get("r1_factor"):
+        out["r1"] = report["r1_factor"]["r1"]
     m = report.get("metrics")
     if m:
         out.update({k: m[k] for k in ("n_truth", "n_matched", "tp_rate", "fp_rate", "rmsd_pm")})

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import checkpoint, driver, interrupt, outputs, runfolder
 from .adapt import AdaptConfig
+from .alignment import ALIGN_CHOICES
 from .background import BACKGROUND_INITS
 from .data import TiltSeries
 from .fit import STEPS_PER_PHASE, OptimConfig, Params, settings_from_dict
@@ -48,6 +49,12 @@ from .problem import (  # noqa: F401  (part of this module's public face)
 from .render import MODES
 
 PROBE_FITS = ("pixel", "physical")
+
+
+#: the pose's learning rates that ``refine_pose`` sets (Adam step sizes per step; for
+#: Levenberg–Marquardt only on or off): tilt offsets, tilt axis and shifts; the per-image
+#: in-plane rotations stay off (``optim.lr_rotation_deg`` turns them on)
+REFINE_POSE_RATES = {"lr_tilt_deg": 0.01, "lr_axis_deg": 0.01, "lr_drift_A": 0.005}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,13 @@ class ReconstructConfig:
     percentile: a film with no vacuum in view) or "zero".
     uncertainty: per-atom standard deviations at the end (:mod:`atomjax.uncertainty`),
     written as atoms.extxyz columns and summarised in report.json.
+    align: where the angles and shifts start (:func:`atomjax.alignment.starting_values`):
+    None (the series' own, no shifts), "estimate" (the pre-alignment from the images:
+    centre of mass and common line) or an alignment file (``atomjax-align``'s output,
+    or a run folder's ``alignment_refined.json``).
+    refine_pose: refine the tilt offsets, the tilt axis and the shifts in the fit
+    (:mod:`atomjax.pose`), with the learning rates of :data:`REFINE_POSE_RATES` where
+    ``optim`` gives none; the run folder then holds the refined ``alignment_refined.json``.
     """
 
     mode: str = "direct"
@@ -99,6 +113,8 @@ class ReconstructConfig:
     species_method: str = "gmm"
     checkpoint: bool = True
     uncertainty: bool = True
+    align: str | None = None
+    refine_pose: bool = False
     seed: int = 0
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -135,6 +151,18 @@ class ReconstructConfig:
             object.__setattr__(self, "species", tuple(str(s) for s in self.species))
         object.__setattr__(self, "init", settings_from_dict(InitConfig, self.init))
         optim = settings_from_dict(OptimConfig, self.optim)
+        if self.align is not None:
+            object.__setattr__(self, "align", str(self.align))
+            if self.align not in ALIGN_CHOICES and not pathlib.Path(self.align).is_file():
+                raise ValueError(
+                    f"align must be None, one of {ALIGN_CHOICES} or an alignment file; "
+                    f"no file at {self.align}"
+                )
+        if not isinstance(self.refine_pose, (bool, np.bool_)):
+            raise ValueError(f"refine_pose must be a bool, got {self.refine_pose!r}")
+        pose_rates = (*REFINE_POSE_RATES, "lr_rotation_deg")
+        if self.refine_pose and not any(getattr(optim, k) > 0 for k in pose_rates):
+            optim = dataclasses.replace(optim, **REFINE_POSE_RATES)
         # the optimizer and its phase length, resolved once: what runs is what is recorded
         from .optimizers import resolve_method
 
@@ -207,6 +235,13 @@ def reconstruct(
             "resume needs the run folder's checkpoint, but these settings have "
             "checkpoint=False; resume with checkpoint=True (the run's own setting)"
         )
+    if overwrite and out is not None and config.align not in (None, *ALIGN_CHOICES):
+        inside = pathlib.Path(config.align).resolve().is_relative_to(out.resolve())
+        if inside:
+            raise ValueError(
+                f"the alignment file {config.align} lies in the run folder {out}, which "
+                "overwrite=True would clear first: copy it out of the folder"
+            )
     writer = jax.process_index() == 0  # several processes (jax.distributed): one writes
     claim = (
         runfolder.claim(out, resume=resume, overwrite=overwrite)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, metrics, outputs, runfolder, uncertainty
+from . import checkpoint, metrics, outputs, pose, runfolder, uncertainty
 from .fit import probe_kind
 from .render import PhysicalProbe
 
@@ -59,9 +59,11 @@ def build_report(series, config, params, observed, calc, setup, history, progres
         "n_atoms": len(a["positions_A"]),
         "history": history,
         "r_factor": {"per_image": rf.per_image, "mean": rf.mean},
+        "r1_factor": _r1(observed, calc),
         "run_time_s": elapsed_s,
         "probe": _probe_report(params.probe),
         "drift_A": np.asarray(params.drift_A),
+        "pose": pose.summary(params.pose, params.drift_A, series.n_angles),
         "background": None if params.background is None else np.asarray(params.background),
     }
     if species is not None:
@@ -83,8 +85,22 @@ def build_report(series, config, params, observed, calc, setup, history, progres
             series.atoms_positions_A,
             found_species=species if truth_species is not None else None,
             truth_species=truth_species,
+            remove_offset=origin_is_free(config),
         )
     return report
+
+
+def _r1(observed, calc) -> dict[str, Any]:
+    r1 = metrics.r1_factor_series(observed, calc)
+    return {"r1": r1.r1, "scale": r1.scale, "per_image": r1.per_image}
+
+
+def origin_is_free(config) -> bool:
+    """Whether the fit's atoms sit at an origin of their own: a fit that starts from an
+    alignment (the particle's centre of mass on the rotation centre) or fits the shifts
+    (their common translation moved into the atoms) places the particle up to one
+    translation, so its scores against a truth remove the mean offset."""
+    return config.align is not None or config.optim.lr_drift_A > 0
 
 
 def detection_summary(detected: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from .loss import LOSSES
 AXIS = "angles"
 
 # names of pytree attributes that hold one value per image (angle axis first)
-PER_IMAGE = ("drift_A", "background", "focus_offsets_A")
+PER_IMAGE = ("drift_A", "background", "focus_offsets_A", "tilt_offsets_rad",
+             "rotation_offsets_rad")  # fmt: skip
 
 
 def angle_mesh(n_devices: int | None = None, devices=None) -> Mesh:

@@ -290,7 +290,8 @@ def atom_sigmas(params, observed, calc, euler_rad, setup, k: int = N_NEIGHBOURS,
     unknown = set(known) - {"widths", "amplitudes", "background"}
     if unknown:
         raise ValueError(f"known must name widths, amplitudes or background, got {unknown}")
-    pairs = fisher_pairs(atoms, euler_rad, params.drift_A, weights, jnp.asarray(table), setup,
+    pairs = fisher_pairs(atoms, params.euler(euler_rad), params.drift_A, weights,
+                         jnp.asarray(table), setup,
                          background="background" not in known,
                          uniform=noise["b"] == 0)  # fmt: skip
     members, index, transpose = patches(table, k)

@@ -137,12 +137,16 @@ def r_factors(observed: np.ndarray, calculated: np.ndarray, tilts_deg) -> dict[s
     from atomjax import metrics
 
     rf = metrics.r_factor_series(observed, calculated)
+    r1 = metrics.r1_factor_series(observed, calculated)
     mid = np.abs(np.asarray(tilts_deg)) <= MID_TILT_DEG
     return {
         "mean": rf.mean,
         "mean_mid_tilts": float(rf.per_image[mid].mean()),
         "mid_tilt_deg": MID_TILT_DEG,
         "per_image": rf.per_image.tolist(),
+        "r1": r1.r1,
+        "r1_scale": r1.scale,
+        "r1_mid_tilts": float(r1.per_image[mid].mean()),
     }
 
 
@@ -275,9 +279,9 @@ def _fmt(x, spec=".3f"):
 
 def print_table(rows: list[dict]) -> None:
     print("| model | atoms (core) | matched core / ref core | TP core | FP core "
-          "| RMSD core (pm) | RMSD AET form (pm) | R-factor | R (|θ| ≤ 45°) "
+          "| RMSD core (pm) | RMSD AET form (pm) | R-factor | R (|θ| ≤ 45°) | R1 "
           "| wall (s) |")  # fmt: skip
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 11)
     for t in rows:
         s = t.get("scores") or {}
         print(
@@ -286,7 +290,7 @@ def print_table(rows: list[dict]) -> None:
             f"{_fmt(s.get('tp_core'))} | {_fmt(s.get('fp_core'))} | "
             f"{_fmt(s.get('rmsd_core_pm'), '.1f')} | {_fmt(s.get('rmsd_core_aet_form_pm'), '.1f')}"
             f" | {t['r_factor']['mean']:.4f} | {t['r_factor']['mean_mid_tilts']:.4f} | "
-            f"{t['seconds']:.0f} |"
+            f"{t['r_factor']['r1']:.4f} | {t['seconds']:.0f} |"
         )
 
 

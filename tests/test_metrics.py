@@ -280,6 +280,32 @@ def test_r_factor_series_shape_error():
         r_factor_series(np.zeros((1, 2, 2)), np.ones((1, 2, 2)))
 
 
+def test_r1_factor_fits_the_scale_and_matches_a_brute_force_minimum():
+    from atomjax.metrics import r1_factor_series
+
+    rng = np.random.default_rng(0)
+    cal = rng.uniform(0.1, 2.0, (3, 5, 6))
+    obs = 2.5 * cal  # a model right up to its scale: R1 = 0 at k = 2.5
+    r1 = r1_factor_series(obs, cal)
+    assert r1.scale == pytest.approx(2.5) and r1.r1 == pytest.approx(0.0, abs=1e-12)
+    obs = 2.5 * cal + rng.normal(0, 0.3, cal.shape)
+    r1 = r1_factor_series(obs, cal)
+    ks = np.linspace(1.5, 3.5, 20001)  # the oracle: the sum on a fine grid of k
+    total = np.abs(obs).sum(axis=(1, 2))
+
+    def mean_r1(k):  # the Materials Data Bank's form: the mean of the images' R1
+        return float(np.mean(np.abs(np.abs(obs) - k * cal).sum(axis=(1, 2)) / total))
+
+    values = [mean_r1(k) for k in ks]
+    assert r1.scale == pytest.approx(ks[int(np.argmin(values))], abs=2e-4)
+    assert r1.r1 == pytest.approx(min(values), rel=1e-6)
+    per = np.abs(np.abs(obs) - r1.scale * cal).sum(axis=(1, 2)) / total
+    np.testing.assert_allclose(r1.per_image, per)
+    assert r1.r1 == pytest.approx(per.mean())
+    with pytest.raises(ValueError, match="all zero"):
+        r1_factor_series(np.zeros((1, 2, 2)), np.ones((1, 2, 2)))
+
+
 # --------------------------------------------------------------------------- validation
 
 
