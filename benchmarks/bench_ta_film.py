@@ -341,6 +341,7 @@ def main(argv=None) -> int:
         "r_factor": r_factors(obs, calc, tilts),
         "seconds": seconds,
         "history": res.report["history"]["phases"],
+        "alignment": res.report.get("alignment"),  # with reconstruct.refine_pose / align
     }
     print(f"ours: {len(ours)} atoms, R {row_ours['r_factor']['mean']:.4f}, {seconds:.0f} s",
           flush=True)  # fmt: skip

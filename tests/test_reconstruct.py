@@ -112,6 +112,27 @@ def test_species_are_classified_and_reported(series):
     assert result.report["metrics"]["confusion"] is not None
 
 
+def test_an_alloy_gets_its_species_and_a_confusion_matrix(tmp_path):
+    """FePt L1₀ (Fe Z = 26, Pt Z = 78): every atom classified from its fitted intensity,
+    the confusion matrix against the truth in the report, the symbols in the extxyz."""
+    particle = structures.rotate_off_zone_axes(structures.fept_sphere(6.0), seed=2)
+    series = simulate.simulate_fast(particle, np.linspace(-60, 60, 13), pixel_size_A=0.35,
+                                    margin_A=3.0, noise_std_rel=0.02, progress=False)  # fmt: skip
+    out = tmp_path / "run"
+    result = reconstruct(series, ReconstructConfig(species=("Fe", "Pt"), **FAST), out_dir=out,
+                         progress=False, figures=False)  # fmt: skip
+    m = result.report["metrics"]
+    assert m["tp_rate"] == 1.0 and m["fp_rate"] == 0.0, m
+    c = m["confusion"]
+    assert c["labels"] == ["Fe", "Pt"] and (c["rows"], c["columns"]) == ("truth", "found")
+    truth_counts = [int(np.sum(series.atoms_species == s)) for s in c["labels"]]
+    assert [sum(row) for row in c["matrix"]] == truth_counts  # every true atom matched once
+    assert c["accuracy"] >= 0.95, c
+    back = read_extxyz(out / "atoms.extxyz")
+    assert list(back["species"]) == list(result.species)
+    assert set(result.species) == {"Fe", "Pt"}
+
+
 def test_resume_refuses_other_settings_or_another_series(series, tmp_path):
     config = ReconstructConfig(**FAST)
     reconstruct(series, config, out_dir=tmp_path, progress=False, figures=False, max_phases=1)
