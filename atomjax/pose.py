@@ -26,6 +26,9 @@ model images (:func:`fix_gauge`):
   t of the shifts (their (u, v) parts in direct mode, where w has no effect) is moved
   into the atoms.
 
+With the positions frozen (a given model refitted) there is no freedom to fix but the
+axis's: the atoms stay where they are.
+
 Levenberg–Marquardt fits the pose with a Gauss–Newton step per image (each image's
 residual depends on its own pose only, so the normal matrix is block diagonal, one small
 block per image; α couples them and is eliminated by its Schur complement):
@@ -125,12 +128,15 @@ def translation_of_shifts(drift_A, rotations, depth: bool, weights=None):
 def fix_gauge(diff, euler_rad, config, depth: bool, weights=None):
     """``diff`` (a :class:`atomjax.fit.Params`-like tree) with the gauge fixed (module
     docstring): zero-mean tilt and rotation offsets, the shifts' common translation in
-    the atoms. Only the groups that ``config`` fits are touched."""
+    the atoms. Only the groups that ``config`` fits are touched; with the positions
+    frozen (``lr_positions_A`` = 0: a given model refitted) the atoms fix the frame
+    themselves, and only the rotations' mean still goes into the axis."""
     f = fitted(config)
+    moving = config.lr_positions_A > 0
     pose = diff.pose
     atoms = diff.atoms
     pos = atoms.positions_A
-    if pose is not None and f["tilt"]:
+    if pose is not None and f["tilt"] and moving:
         mean = _mean(pose.tilt_offsets_rad, weights)
         single_axis = jnp.all(euler_rad[:, 0] == 0)
         # image j sees R_y(θ_j + δθ_j) x = R_y(θ_j + δθ_j − mean) R_y(mean) x
@@ -145,7 +151,7 @@ def fix_gauge(diff, euler_rad, config, depth: bool, weights=None):
             (pose.rotation_offsets_rad - mean, pose.axis_rad + mean),
         )
     drift = diff.drift_A
-    if f["shifts"]:
+    if f["shifts"] and moving:
         euler = euler_rad if pose is None else pose.euler(euler_rad)
         rotations = geometry.rotation_matrix(euler).astype(drift.dtype)
         t = translation_of_shifts(drift, rotations, depth, weights)

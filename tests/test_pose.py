@@ -110,6 +110,12 @@ def test_the_gauge_keeps_the_images_and_fixes_the_free_choices():
     again = pose.fix_gauge(fixed, euler, _config(), depth=False)  # a projection: idempotent
     np.testing.assert_allclose(again.pose.axis_rad, fixed.pose.axis_rad, atol=1e-15)
     np.testing.assert_allclose(again.atoms.positions_A, fixed.atoms.positions_A, atol=1e-5)
+    # frozen positions fix the frame: the atoms stay, only the rotations' mean moves
+    held = pose.fix_gauge(params, euler, _config(lr_positions_A=0.0), depth=False)
+    np.testing.assert_array_equal(held.atoms.positions_A, atoms.positions_A)
+    np.testing.assert_array_equal(held.drift_A, drift)
+    np.testing.assert_array_equal(held.pose.tilt_offsets_rad, p.tilt_offsets_rad)
+    assert abs(float(jnp.mean(held.pose.rotation_offsets_rad))) < 1e-15
     # a frozen group is left alone
     frozen = pose.fix_gauge(params, euler, _config(lr_tilt_deg=0.0, lr_drift_A=0.0), False)
     np.testing.assert_array_equal(frozen.pose.tilt_offsets_rad, p.tilt_offsets_rad)
@@ -196,7 +202,7 @@ def test_adam_fits_the_pose_groups_and_keeps_the_gauge():
     p, drift = _random_pose(seed=5, shift_A=0.2)
     observed = fit.Params(atoms, drift, None, None, p).images(euler, SETUP)
     params = fit.Params(atoms, jnp.zeros((M, 3)), None, None, pose.Pose.zeros(M, jnp.float64))
-    config = fit.OptimConfig(method="adam", lr_positions_A=0.0, lr_widths_A2=0.0,
+    config = fit.OptimConfig(method="adam", lr_positions_A=0.002, lr_widths_A2=0.0,
                              lr_amplitudes_rel=0.0, lr_tilt_deg=0.02, lr_rotation_deg=0.02,
                              lr_axis_deg=0.05, lr_drift_A=0.01)  # fmt: skip
     rates = fit.Rates.from_config(config, 1.0)

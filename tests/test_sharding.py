@@ -48,12 +48,19 @@ def assert_same_atoms(got_A, want_A, atol_A):
     assert d[rows, cols].max() < atol_A
 
 
-@pytest.mark.parametrize("kind", ["direct", "rigid", "physical_per_image"])
+@pytest.mark.parametrize("kind", ["direct", "rigid", "physical_per_image", "direct_pose"])
 @pytest.mark.parametrize("loss", ["mse", "l1", "poisson"])
 def test_sharded_loss_and_gradients_equal_single_device(problem, kind, loss):
+    from atomjax.pose import Pose
+
     atoms, setup, euler, probes, drift, background, observed = problem
-    params = Params(atoms, drift, probes[kind], background)
     m = observed.shape[0]
+    pose = None
+    if kind == "direct_pose":  # per-image tilt and rotation offsets split with their images
+        rng = np.random.default_rng(4)
+        pose = Pose(jnp.asarray(rng.normal(0, 0.01, m)), jnp.asarray(rng.normal(0, 0.01, m)),
+                    jnp.asarray(0.02))  # fmt: skip
+    params = Params(atoms, drift, probes.get(kind), background, pose)
     index = jnp.arange(m)
 
     def single(p):
@@ -78,6 +85,8 @@ def test_sharded_loss_and_gradients_equal_single_device(problem, kind, loss):
 
     got, got_grad = sharded(params_s, obs_s, eul_s, w_s)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-10)
+    if pose is not None:
+        assert params_s.pose.tilt_offsets_rad.sharding.spec == jax.sharding.PartitionSpec("angles")
     got_grad = sharding.unpad_params(got_grad, m)
     for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-8, atol=1e-12)
