@@ -45,7 +45,7 @@ from .problem import (
     resolve_angle_chunk,
     with_depth_rank,
 )
-from .uncertainty import atom_sigmas
+from .uncertainty import atom_sigmas, noise_model, pixel_weights
 
 
 def fit_data(config, observed, euler, setup) -> FitData:
@@ -385,6 +385,12 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
                             "tilt_offsets_rms_deg": _rms(aligned.tilt_offsets_deg),
                             "rotation_offsets_rms_deg": _rms(aligned.rotation_offsets_deg),
                             "shifts_rms_A": _rms(aligned.shifts_A)}  # fmt: skip
+        weight = pixel_weights(calc, noise_model(observed_np, calc))
+        sd = pose.sigmas(params, euler, setup, opt, weight)
+        if sd is not None:  # noise alone, the atoms held: the floor of the pose's errors
+            rep["alignment"]["sigma"] = sd
+            rep["alignment"]["sigma_median"] = {k: float(np.median(v)) for k, v in sd.items()}
+            aligned.info["sigma"] = {k: v.tolist() for k, v in sd.items()}
     if run_folder is not None:
         if aligned is not None:
             aligned.save(run_folder.path / ALIGNMENT_FILE)

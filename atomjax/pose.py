@@ -33,6 +33,9 @@ Levenberg–Marquardt fits the pose with a Gauss–Newton step per image (each i
 residual depends on its own pose only, so the normal matrix is block diagonal, one small
 block per image; α couples them and is eliminated by its Schur complement):
 :func:`pose_step`.
+
+At the end, :func:`sigmas` gives each image's standard deviations of its pose from its
+Fisher block with the atoms held: the errors noise alone would leave.
 """
 
 from __future__ import annotations
@@ -275,6 +278,39 @@ def pose_step(images_of, diff, resid, weight, config, depth: bool, lam):
         quad = quad + 2 * delta_axis * jnp.sum(b * delta) + jnp.sum(c) * delta_axis**2
         lin = lin + jnp.sum(g_axis) * delta_axis
     return _apply_step(diff, cols, delta, delta_axis), -(lin + 0.5 * quad) / resid.size
+
+
+@eqx.filter_jit
+def _fisher_blocks(params, euler_rad, setup, weight, cols: tuple[str, ...]):
+    diff, static = eqx.partition(params, eqx.is_inexact_array)
+
+    def images_of(d):
+        return eqx.combine(d, static).images(euler_rad, setup)
+
+    calc = images_of(diff)
+    blocks, _, _ = normal_equations(images_of, diff, jnp.zeros_like(calc), weight, cols, False)
+    return blocks
+
+
+def sigmas(params, euler_rad, setup, config, weight) -> dict[str, np.ndarray] | None:
+    """Each image's standard deviations of its fitted pose columns, from its Fisher block
+    Jᵀ W J (W = ``weight``, 1 / the pixel variance, :func:`atomjax.uncertainty.pixel_weights`)
+    with the atoms held at their values: {"tilt_deg", "rotation_deg", "u_A", "v_A",
+    "w_A"} for the columns fitted (None: none). What noise alone would leave; a pose
+    error well above it is model error."""
+    depth = params.probe is not None
+    cols = columns(config, depth)
+    if not cols:
+        return None
+    blocks = _fisher_blocks(params, euler_rad, setup, weight, cols)
+    var = np.clip(np.diagonal(np.asarray(spd_inverse(blocks)), axis1=1, axis2=2), 0, None)
+    out = {}
+    for i, c in enumerate(cols):
+        sd = np.sqrt(var[:, i])
+        out[{"tilt": "tilt_deg", "rotation": "rotation_deg"}.get(c, f"{c}_A")] = (
+            np.rad2deg(sd) if c in ("tilt", "rotation") else sd
+        )
+    return out
 
 
 # --------------------------------------------------------------------- host side

@@ -122,6 +122,8 @@ def run_case(label: str, radius_A: float, n_tilts: int, work: pathlib.Path,
                "r1": r.report["r1_factor"]["r1"]}  # fmt: skip
         if settings.get("refine_pose"):
             row["pose"] = pose_errors(out / "alignment_refined.json", series, dtheta, drift)
+            # what noise alone would leave (the atoms held): the floor of those errors
+            row["pose"]["sigma_median"] = r.report["alignment"]["sigma_median"]
         rows.append(row)
         print(f"{label} {name:15s} {row['n_matched']}/{len(truth)} FP {row['fp_rate']} "
               f"{row['rmsd_pm']} pm {seconds:.0f} s {row.get('pose', '')}", flush=True)  # fmt: skip

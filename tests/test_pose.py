@@ -269,6 +269,8 @@ def test_reconstruct_starts_from_the_alignment_and_refines_the_pose(misaligned, 
     drift_gauge = np.asarray(drift - jnp.einsum("mij,j->mi", rot, t))[:, :2]
     assert np.sqrt(np.mean((back.shifts_A - drift_gauge) ** 2)) < 0.05
     assert refined.report["alignment"]["start"] == "estimate"
+    sigma = refined.report["alignment"]["sigma"]  # the noise floor of each image's pose
+    assert set(sigma) == {"tilt_deg", "u_A", "v_A"} and np.all(sigma["tilt_deg"] > 0)
     assert "alignment_refined.json" in json.loads((out / "run.json").read_text())["outputs"]
 
 
@@ -283,3 +285,50 @@ def test_atomjax_align_writes_an_alignment_and_its_figure(misaligned, tmp_path):
     al = alignment.load(out)
     assert al.n_images == series.n_angles and abs(al.tilt_axis_deg - 1.0) < 1.0
     assert (tmp_path / "al.png").is_file()
+
+
+def test_pose_sigmas_are_the_dense_fisher_blocks_and_fit_the_noise():
+    atoms, euler = _atoms(n=10, seed=4), _euler()
+    p, drift = _random_pose(seed=11, rot_deg=0.0)
+    clean = fit.Params(atoms, drift, None, None, p).images(euler, SETUP)
+    noise_sd = 0.02 * float(clean.max())
+    config = _config(lr_rotation_deg=0.0)
+    weight = jnp.full(clean.shape, 1 / noise_sd**2)
+    sd = pose.sigmas(fit.Params(atoms, drift, None, None, p), euler, SETUP, config, weight)
+    assert set(sd) == {"tilt_deg", "u_A", "v_A"}
+    # the oracle: each image's dense Jacobian in (tilt, u, v), inverted
+    params = fit.Params(atoms, drift, None, None, p)
+    diff, static = fit.trainable(params)
+
+    def image_j(theta, j):
+        d = pose._apply_step(diff, ("tilt", "u", "v"), jnp.zeros((M, 3)).at[j].set(theta), None)
+        return eqx.combine(d, static).images(euler, SETUP)[j].ravel()
+
+    for j in (0, 4, 8):
+        jac = jax.jacfwd(image_j)(jnp.zeros(3), j)
+        cov = np.linalg.inv(jac.T @ jac / noise_sd**2)
+        want = np.sqrt(np.diag(cov))
+        np.testing.assert_allclose([sd["tilt_deg"][j], sd["u_A"][j], sd["v_A"][j]],
+                                   [np.rad2deg(want[0]), want[1], want[2]], rtol=1e-6)  # fmt: skip
+    # the pose refitted on noisy images, the atoms known: errors of the size the σ say
+    rng = np.random.default_rng(0)
+    errors = []
+    for seed in range(3):
+        observed = clean + jnp.asarray(np.random.default_rng(seed).normal(0, noise_sd, clean.shape))
+        start = fit.Params(
+            atoms,
+            drift + jnp.asarray(rng.normal(0, 0.05, (M, 3))) * jnp.asarray([1, 1, 0]),
+            None,
+            None,
+            p,
+        )
+        frozen = _config(lr_rotation_deg=0.0, lr_positions_A=0.0, lr_widths_A2=0.0,
+                         lr_amplitudes_rel=0.0, lr_background=0.0, lr_axis_deg=0.0)  # fmt: skip
+        rates = fit.Rates.from_config(frozen, 1.0)
+        state = levenberg.LMState.create(frozen, observed.dtype)
+        keys = jax.random.split(jax.random.PRNGKey(0), 15)
+        out, *_ = levenberg.run_steps(start, state, keys, observed, euler, SETUP, frozen, rates)
+        err = np.rad2deg(np.asarray(out.pose.tilt_offsets_rad - p.tilt_offsets_rad))
+        errors.append(err / sd["tilt_deg"])
+    z = np.concatenate(errors)  # 27 standardised errors
+    assert 0.5 < float(np.std(z)) < 1.6, z
