@@ -385,7 +385,8 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
                             "tilt_offsets_rms_deg": _rms(aligned.tilt_offsets_deg),
                             "rotation_offsets_rms_deg": _rms(aligned.rotation_offsets_deg),
                             "shifts_rms_A": _rms(aligned.shifts_A)}  # fmt: skip
-        weight = pixel_weights(calc, noise_model(observed_np, calc))
+        noise = sigmas["noise"] if sigmas else noise_model(observed_np, calc)  # fitted once
+        weight = pixel_weights(calc, noise)
         sd = pose.sigmas(params, euler, setup, opt, weight)
         if sd is not None:  # noise alone, the atoms held: the floor of the pose's errors
             rep["alignment"]["sigma"] = sd

@@ -303,7 +303,7 @@ def _project(diff, config: OptimConfig, setup: ImagingSetup, alive=None, euler_r
             (probe.settings.defocus_A + mean, probe.focus_offsets_A - mean),
         )
     if euler_rad is not None:
-        diff = pose_lib.fix_gauge(diff, euler_rad, config, diff.probe is not None, weights)
+        diff = pose_lib.fix_gauge(diff, euler_rad, config, pose_lib.has_depth(diff), weights)
     return diff
 
 

@@ -194,7 +194,7 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
         d = jax.tree.map(lambda new, old: jnp.where(ok, new, old), trial, d)
         return d, lam_new, nu_new, ok
 
-    depth = diff0.probe is not None  # the depth modes: the shifts' w matters
+    depth = pose_lib.has_depth(diff0)
 
     def _pose_iteration(d, calc_d, loss_d, damping):
         lam_p, nu_p = damping

@@ -41,7 +41,6 @@ Fisher block with the atoms held: the errors noise alone would leave.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -91,6 +90,12 @@ def fitted(config) -> dict[str, bool]:
     }
 
 
+def has_depth(tree) -> bool:
+    """Whether a Params-like tree renders with depth (a probe: rigid or adaptive), where
+    the shifts' w matters; in direct mode it has no effect."""
+    return tree.probe is not None
+
+
 def wanted(config) -> bool:
     """Whether a fit with ``config`` needs a :class:`Pose` (any angle group fitted)."""
     f = fitted(config)
@@ -105,12 +110,6 @@ def _mean(x, weights):
         return jnp.mean(x, 0)
     w = weights.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     return jnp.sum(w * x, 0) / jnp.maximum(jnp.sum(w), 1)
-
-
-def _ry(angle):
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    o, z = jnp.ones_like(angle), jnp.zeros_like(angle)
-    return jnp.stack([jnp.stack([c, z, s]), jnp.stack([z, o, z]), jnp.stack([-s, z, c])])
 
 
 def translation_of_shifts(drift_A, rotations, depth: bool, weights=None):
@@ -143,7 +142,8 @@ def fix_gauge(diff, euler_rad, config, depth: bool, weights=None):
         mean = _mean(pose.tilt_offsets_rad, weights)
         single_axis = jnp.all(euler_rad[:, 0] == 0)
         # image j sees R_y(θ_j + δθ_j) x = R_y(θ_j + δθ_j − mean) R_y(mean) x
-        turned = pos @ _ry(mean).T.astype(pos.dtype)
+        about_y = geometry.rotation_matrix(jnp.stack([0 * mean, mean, 0 * mean]))
+        turned = pos @ about_y.T.astype(pos.dtype)
         pos = jnp.where(single_axis, turned, pos)
         pose = eqx.tree_at(lambda p: p.tilt_offsets_rad, pose, pose.tilt_offsets_rad - mean)
     if pose is not None and f["rotation"]:
@@ -238,7 +238,7 @@ def solve_step(blocks, grad, axis_terms, lam):
     eye = jnp.eye(k, dtype=blocks.dtype)
     diag = jnp.diagonal(blocks, axis1=1, axis2=2)
     damped = blocks + lam * eye * diag[:, :, None]
-    inverse = spd_inverse(damped)
+    inverse = spd_inverse(damped) if k else damped  # k = 0: the axis alone, empty blocks
     a_inv_g = jnp.einsum("mij,mj->mi", inverse, grad)
     if axis_terms is None:
         return -a_inv_g, None
@@ -253,22 +253,15 @@ def solve_step(blocks, grad, axis_terms, lam):
 
 def pose_step(images_of, diff, resid, weight, config, depth: bool, lam):
     """One damped Gauss–Newton step of the pose at ``diff`` (residual ``resid`` = model −
-    observed, Poisson weight or None): (the moved ``diff``, the predicted decrease of
-    the loss, ½ Σ w r² / N). The axis is fitted here only when the in-plane rotations are not (they
-    hold it, the gauge moving their mean into α)."""
+    observed, Poisson weight or None): (the moved ``diff``, the predicted decrease of the
+    loss, ½ Σ w r² / N). The axis is fitted here only when the in-plane rotations are not
+    (they hold it, the gauge moving their mean into α); alone, it is the Schur step of
+    empty per-image blocks."""
     cols = columns(config, depth)
     f = fitted(config)
     with_axis = f["axis"] and not f["rotation"]
     if not cols and not with_axis:
         return diff, jnp.zeros((), resid.dtype)  # nothing to fit
-    if not cols:  # the axis alone: one number for the whole series
-        _, _, (_, c, g_axis) = normal_equations(images_of, diff, resid, weight, (), True)
-        curvature = jnp.sum(c) * (1 + lam)
-        delta_axis = jnp.where(curvature > 0, -jnp.sum(g_axis) / jnp.where(curvature > 0,
-                               curvature, 1), 0.0)  # fmt: skip
-        predicted = -(jnp.sum(g_axis) * delta_axis + 0.5 * jnp.sum(c) * delta_axis**2)
-        empty = jnp.zeros((resid.shape[0], 0), resid.dtype)
-        return _apply_step(diff, (), empty, delta_axis), predicted / resid.size
     blocks, grad, axis_terms = normal_equations(images_of, diff, resid, weight, cols, with_axis)
     delta, delta_axis = solve_step(blocks, grad, axis_terms, lam)
     quad = jnp.einsum("mi,mij,mj->", delta, blocks, delta)
@@ -287,8 +280,8 @@ def _fisher_blocks(params, euler_rad, setup, weight, cols: tuple[str, ...]):
     def images_of(d):
         return eqx.combine(d, static).images(euler_rad, setup)
 
-    calc = images_of(diff)
-    blocks, _, _ = normal_equations(images_of, diff, jnp.zeros_like(calc), weight, cols, False)
+    no_residual = jnp.zeros((euler_rad.shape[0], *setup.image_shape), euler_rad.dtype)
+    blocks, _, _ = normal_equations(images_of, diff, no_residual, weight, cols, False)
     return blocks
 
 
@@ -298,8 +291,7 @@ def sigmas(params, euler_rad, setup, config, weight) -> dict[str, np.ndarray] | 
     with the atoms held at their values: {"tilt_deg", "rotation_deg", "u_A", "v_A",
     "w_A"} for the columns fitted (None: none). What noise alone would leave; a pose
     error well above it is model error."""
-    depth = params.probe is not None
-    cols = columns(config, depth)
+    cols = columns(config, has_depth(params))
     if not cols:
         return None
     blocks = _fisher_blocks(params, euler_rad, setup, weight, cols)
@@ -314,30 +306,6 @@ def sigmas(params, euler_rad, setup, config, weight) -> dict[str, np.ndarray] | 
 
 
 # --------------------------------------------------------------------- host side
-
-
-def summary(pose: Pose | None, drift_A, n_images: int) -> dict[str, Any] | None:
-    """The refined pose in degrees and Å for the report (None when nothing is fitted)."""
-    if pose is None:
-        return None
-    tilt = np.rad2deg(np.asarray(pose.tilt_offsets_rad, float))[:n_images]
-    rot = np.rad2deg(np.asarray(pose.rotation_offsets_rad, float))[:n_images]
-    return {
-        "tilt_axis_deg": float(np.rad2deg(float(pose.axis_rad))),
-        "tilt_offsets_deg": tilt,
-        "rotation_offsets_deg": rot,
-        "tilt_offsets_rms_deg": float(np.sqrt(np.mean(tilt**2))),
-        "rotation_offsets_rms_deg": float(np.sqrt(np.mean(rot**2))),
-        "shifts_A": np.asarray(drift_A, float)[:n_images, :2],
-    }
-
-
-def corrected_euler_deg(euler_deg, pose: Pose | None) -> np.ndarray:
-    """The series' Euler angles (m, 3) in degrees with the refined pose applied."""
-    euler = np.asarray(euler_deg, float)
-    if pose is None:
-        return euler.copy()
-    return np.rad2deg(np.asarray(pose.euler(jnp.asarray(np.deg2rad(euler))), float))
 
 
 def rate_in_rad(field: str, value: float) -> float:

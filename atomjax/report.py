@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, metrics, outputs, pose, runfolder, uncertainty
+from . import checkpoint, metrics, outputs, runfolder, uncertainty
 from .fit import probe_kind
 from .render import PhysicalProbe
 
@@ -63,7 +63,6 @@ def build_report(series, config, params, observed, calc, setup, history, progres
         "run_time_s": elapsed_s,
         "probe": _probe_report(params.probe),
         "drift_A": np.asarray(params.drift_A),
-        "pose": pose.summary(params.pose, params.drift_A, series.n_angles),
         "background": None if params.background is None else np.asarray(params.background),
     }
     if species is not None:
