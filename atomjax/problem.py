@@ -110,7 +110,9 @@ def make_probe(series: TiltSeries, config, setup: ImagingSetup):
     if config.mode == "rigid":
         return FixedProbe.from_settings(settings, setup)
     if config.probe_fit == "pixel":
-        return PixelProbe.from_settings(settings, setup)
+        rank = config.probe_depth_rank
+        rank = None if rank is None or rank >= setup.n_slices else int(rank)
+        return PixelProbe.from_settings(settings, setup, rank, bool(config.probe_centred))
     dtype = jnp.asarray(0.0).dtype
     offsets = jnp.zeros(series.n_angles, dtype) if config.focus_per_image else None
     return PhysicalProbe(settings, offsets)

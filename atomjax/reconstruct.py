@@ -62,8 +62,12 @@ class ReconstructConfig:
     """All settings of a reconstruction (plain values; Hydra maps its groups onto these).
 
     mode: "direct", "rigid" or "adaptive" interaction. probe_fit (adaptive): "pixel"
-    (every probe pixel per slice, LOT) or "physical" (defocus, astigmatism, Cs and a
-    focus per image). probe: ProbeSettings fields used when the series has none.
+    (probe pixels, :class:`atomjax.render.PixelProbe`) or "physical" (defocus,
+    astigmatism, Cs and a focus per image). The pixel probe's priors:
+    ``probe_depth_rank`` R, a per-pixel correction of the physical probe that varies over
+    depth as R polynomials (None: every pixel of every slice free, as in LOT), and
+    ``probe_centred``, each slice kept centred on its pixel. probe: ProbeSettings
+    fields used when the series has none.
     Slices of ``slice_thickness_A`` cover the field of view unless ``n_slices`` is set.
     ``max_width_A2`` sizes the splatting window and bounds the fitted widths. kernel:
     how atoms are splatted (:mod:`atomjax.splat`): "auto" (the cheapest for the sizes),
@@ -96,6 +100,8 @@ class ReconstructConfig:
     mode: str = "direct"
     probe_fit: str = "pixel"
     focus_per_image: bool = True
+    probe_depth_rank: int | None = 2
+    probe_centred: bool = True
     probe: dict | None = None
     slice_thickness_A: float = 2.0
     n_slices: int | None = None
@@ -140,6 +146,13 @@ class ReconstructConfig:
         ):
             raise ValueError(
                 f"depth_rank must be a positive integer or None, got {self.depth_rank}"
+            )
+        if self.probe_depth_rank is not None and (
+            int(self.probe_depth_rank) != self.probe_depth_rank or self.probe_depth_rank < 1
+        ):
+            raise ValueError(
+                "probe_depth_rank must be a positive integer (depth polynomials of the "
+                f"pixel probe's correction) or None (every slice free), got {self.probe_depth_rank}"
             )
         if self.background_init not in BACKGROUND_INITS:
             raise ValueError(

@@ -19,7 +19,8 @@ Interaction modes, as probe objects with one method ``intensities(setup)``:
   * ``rigid``: :class:`FixedProbe`, a stack computed once from :class:`ProbeSettings`
     and never differentiated;
   * ``adaptive``: :class:`PixelProbe`, every pixel of every slice a parameter (LOT),
-    kept non-negative and normalised by a softmax over the pixels of each slice; or
+    kept non-negative and normalised by a softmax over the pixels of each slice, or a
+    per-pixel correction of the physical probe, smooth in depth and kept centred; or
     :class:`PhysicalProbe`, the stack computed inside the model from differentiable
     aberrations.
 
@@ -256,27 +257,98 @@ class PhysicalProbe(eqx.Module):
 
 
 class PixelProbe(eqx.Module):
-    """Adaptive DDI per pixel (LOT): p_k = softmax(logits_k) over the pixels of slice k.
+    """Adaptive DDI per pixel: p_k = softmax over the pixels of z_k, one slice k at a time.
 
-    The softmax keeps every slice non-negative and summing to 1 whatever the logits.
+    LOT's form (``base`` and ``profiles`` None): z_k = ``logits[k]``, every pixel of every
+    slice free. With priors that keep the probe physical:
+
+    * ``base`` (k, nu, nv), the log of the physical stack it starts from, and ``profiles``
+      (k, R), smooth depth profiles (:func:`depth_profiles`): z_k = base_k +
+      Σ_r profiles[k, r] · logits[r]. The correction to the physical probe is a
+      per-pixel map that varies with depth only as R low-order polynomials do, so the
+      free-space depth dependence stays and a slice cannot go its own way;
+    * ``centred``: each slice is moved (a Fourier shift) so its intensity centroid sits
+      on the centre pixel; a probe that drifts off centre would absorb atom
+      displacements (and the atoms would move the other way).
+
+    Neither ``base`` nor ``profiles`` is fitted (their gradient is stopped). The softmax
+    keeps every slice non-negative and summing to 1 whatever the logits.
     """
 
-    logits: Float[Array, "k nu nv"]
+    logits: Float[Array, "r nu nv"]
+    base: Float[Array, "k nu nv"] | None = None
+    profiles: Float[Array, "k r"] | None = None
+    centred: bool = eqx.field(static=True, default=False)
 
     @classmethod
-    def from_stack(cls, stack, floor: float = 1e-12) -> PixelProbe:
+    def from_stack(
+        cls, stack, floor: float = 1e-12, depth_rank: int | None = None, centred: bool = False
+    ) -> PixelProbe:
+        """From a starting stack: LOT's free pixels (``depth_rank`` None) or a
+        correction of rank ``depth_rank`` over depth on top of it."""
         stack = jnp.asarray(stack)
         stack = stack / jnp.sum(stack, axis=(-2, -1), keepdims=True)
-        return cls(logits=jnp.log(stack + floor))
+        log_stack = jnp.log(stack + floor)
+        if depth_rank is None:
+            return cls(logits=log_stack, centred=centred)
+        profiles = jnp.asarray(depth_profiles(stack.shape[0], depth_rank), stack.dtype)
+        zeros = jnp.zeros((profiles.shape[1],) + stack.shape[1:], stack.dtype)
+        return cls(logits=zeros, base=log_stack, profiles=profiles, centred=centred)
 
     @classmethod
-    def from_settings(cls, settings: ProbeSettings, setup: ImagingSetup) -> PixelProbe:
-        return cls.from_stack(FixedProbe.from_settings(settings, setup).stack)
+    def from_settings(
+        cls,
+        settings: ProbeSettings,
+        setup: ImagingSetup,
+        depth_rank: int | None = None,
+        centred: bool = False,
+    ) -> PixelProbe:
+        stack = FixedProbe.from_settings(settings, setup).stack
+        return cls.from_stack(stack, depth_rank=depth_rank, centred=centred)
 
     def intensities(self, setup: ImagingSetup) -> Float[Array, "k nu nv"]:
-        k, nu, nv = self.logits.shape
-        flat = jax.nn.softmax(self.logits.reshape(k, nu * nv), axis=-1)
-        return flat.reshape(k, nu, nv)
+        z = self.logits
+        if self.profiles is not None:
+            profiles = jax.lax.stop_gradient(self.profiles)
+            z = jnp.einsum("kr,ruv->kuv", profiles, z)
+            if self.base is not None:
+                z = z + jax.lax.stop_gradient(self.base)
+        k, nu, nv = z.shape
+        stack = jax.nn.softmax(z.reshape(k, nu * nv), axis=-1).reshape(k, nu, nv)
+        return recentre(stack) if self.centred else stack
+
+
+def depth_profiles(n_slices: int, rank: int) -> np.ndarray:
+    """(n_slices, rank) orthonormal polynomial profiles over the slices: constant,
+    linear, quadratic … in depth (Legendre, orthonormalised on the slice centres)."""
+    if int(rank) != rank or not 1 <= rank <= n_slices:
+        raise ValueError(f"depth rank must be an integer in [1, n_slices={n_slices}], got {rank}")
+    t = np.linspace(-1.0, 1.0, n_slices) if n_slices > 1 else np.zeros(1)
+    vander = np.polynomial.legendre.legvander(t, int(rank) - 1)
+    q, r = np.linalg.qr(vander)
+    return q * np.where(np.diag(r) < 0, -1.0, 1.0)  # unique signs: the constant one > 0
+
+
+def centroids_px(stack) -> Array:
+    """(k, 2) intensity centroid of each slice in pixels from the centre pixel."""
+    k, nu, nv = stack.shape
+    u = jnp.arange(nu) - nu // 2
+    v = jnp.arange(nv) - nv // 2
+    total = jnp.sum(stack, axis=(-2, -1))
+    cu = jnp.einsum("kuv,u->k", stack, u.astype(stack.dtype)) / total
+    cv = jnp.einsum("kuv,v->k", stack, v.astype(stack.dtype)) / total
+    return jnp.stack([cu, cv], axis=-1)
+
+
+def recentre(stack) -> Array:
+    """Each slice shifted (band-limited Fourier shift) so its centroid is the centre pixel."""
+    k, nu, nv = stack.shape
+    c = centroids_px(stack)
+    fu = jnp.fft.fftfreq(nu).astype(stack.dtype)
+    fv = jnp.fft.rfftfreq(nv).astype(stack.dtype)
+    phase = 2 * jnp.pi * (c[:, 0, None, None] * fu[None, :, None] + c[:, 1, None, None] * fv)
+    ft = jnp.fft.rfft2(stack) * jnp.exp(1j * phase)
+    return jnp.fft.irfft2(ft, s=(nu, nv))
 
 
 def make_probe(mode: str, settings: ProbeSettings | None, setup: ImagingSetup):

@@ -35,16 +35,21 @@ import numpy as np
 
 import atomjax
 from atomjax.data import TiltSeries
+from atomjax.io import load_tilt_series
 from atomjax.metrics import r_factor_series
 from atomjax.outputs import to_jsonable
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_reconstruct import HERE, PROBE, make_series, metric_columns  # noqa: E402
+from common import machine  # noqa: E402
 
 MODES = ("direct", "rigid", "adaptive", "adaptive-physical")
-# ablation: rigid with one slice, the in-focus probe at every depth (probe shape, no depth)
-EXTRA_MODES = ("rigid-flat",)
+# ablations: rigid with one slice, the in-focus probe at every depth (probe shape, no
+# depth); the pixel probe without its priors (every pixel of every slice free, LOT)
+EXTRA_MODES = ("rigid-flat", "adaptive-lot")
+#: the issue-18 series (benchmarks/regime/, made by make_series.py)
+REGIME = HERE / "regime"
 ROOT = HERE.parent
 
 
@@ -140,13 +145,18 @@ def mode_config(mode_name: str, series: TiltSeries, args) -> ReconstructConfig:
     """``adaptive-physical``: adaptive mode with the physical probe fit; ``rigid-flat``:
     rigid mode with one slice (the probe at focus convolves every atom)."""
     mode, _, variant = mode_name.partition("-")
+    lot = variant == "lot"
     return ReconstructConfig(
         mode=mode,
         probe_fit="physical" if variant == "physical" else "pixel",
+        probe_depth_rank=None if lot else ReconstructConfig.probe_depth_rank,
+        probe_centred=not lot,
         n_slices=1 if variant == "flat" else None,
         probe=PROBE if series.probe is None else None,
         seed=args.seed,
-        optim={"n_phases": args.phases, "steps_per_phase": args.steps},
+        optim={}
+        if args.phases is None
+        else {"n_phases": args.phases, "steps_per_phase": args.steps},
     )
 
 
@@ -162,8 +172,10 @@ def convergence(history: dict, steps_per_phase: int) -> dict:
     }
 
 
-def run_one(series: TiltSeries, radius_A: float, mode_name: str, args) -> dict:
-    out_dir = pathlib.Path(args.runs_dir) / f"r{radius_A:g}_dose{args.dose_e_per_A2:g}" / mode_name
+def run_one(series: TiltSeries, radius_A, mode_name: str, args) -> dict:
+    """One fit; ``radius_A`` is the Au sphere's radius, or a regime series' name."""
+    label = radius_A if isinstance(radius_A, str) else f"r{radius_A:g}"
+    out_dir = pathlib.Path(args.runs_dir) / f"{label}_dose{args.dose_e_per_A2:g}" / mode_name
     config = mode_config(mode_name, series, args)
     t0 = time.perf_counter()
     result = reconstruct(
@@ -184,7 +196,10 @@ def run_one(series: TiltSeries, radius_A: float, mode_name: str, args) -> dict:
         "run_time_s": rep["run_time_s"],
         "wall_s": wall_s,
         "n_slices": rep["imaging_setup"]["n_slices"],
-        "convergence": convergence(rep["history"], args.steps),
+        "convergence": convergence(rep["history"], rep["history"]["phases"][-1]["n_steps"]),
+        "n_steps": sum(ph["n_steps"] for ph in rep["history"]["phases"]),
+        "optimizer": rep["optimizer"],
+        "predicted_rmsd_pm": (rep.get("uncertainty") or {}).get("predicted_rmsd_pm"),
         "probe": rep["probe"],
         "out_dir": str(out_dir),
     }
@@ -319,8 +334,14 @@ def main(argv=None) -> None:
     p.add_argument(
         "--dose-e-per-A2", type=float, default=5e4, help="per image; 0: no Poisson noise"
     )
-    p.add_argument("--phases", type=int, default=10)
-    p.add_argument("--steps", type=int, default=300, help="steps per phase")
+    p.add_argument("--phases", type=int, default=None, help="default 10 (--regime: atomjax's)")
+    p.add_argument("--steps", type=int, default=300, help="steps per phase (with --phases)")
+    p.add_argument(
+        "--regime",
+        default=None,
+        help="comma list of benchmarks/regime/ series (make_series.py) instead of Au spheres; "
+        "writes results_modes_regime.json (rows added to it, by series and mode)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simulate-only", action="store_true", help="fill the cache, fit nothing")
     p.add_argument("--quick", action="store_true", help="r = 5 Å, 2 × 20 steps, output in /tmp")
@@ -335,6 +356,10 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_modes"))
     p.add_argument("--replot", action="store_true", help="redraw --figure from --out; no fits")
     args = p.parse_args(argv)
+    if args.regime:
+        return run_regime(args, argv)
+    if args.phases is None:
+        args.phases = 10
     if args.quick:
         args.radii, args.phases, args.steps = "5", 2, 20
         args.runs_dir = "/tmp/atomjax_bench_modes_quick/runs"
@@ -423,6 +448,135 @@ def main(argv=None) -> None:
         }
     write_outputs(result, out, figure)
     print(f"fits: {run_record['fit_total_s']:.0f} s")
+
+
+# ------------------------------------------------------------------------ regime
+
+
+def regime_record(name: str, clean: TiltSeries, noisy: TiltSeries) -> dict:
+    prov = clean.provenance
+    entry = prov.get("regime_entry", {})
+    return {
+        "series": name,
+        "n_atoms": len(clean.atoms_positions_A),
+        "diameter_A": entry.get("diameter_A"),
+        "semiangle_mrad": clean.probe.semiangle_mrad,
+        "frozen_phonons": prov.get("frozen_phonons"),
+        "off_zone": entry.get("off_zone", True),
+        "n_angles": clean.n_angles,
+        "image_shape": list(clean.image_shape),
+        "thickness_A": float(np.ptp(clean.atoms_positions_A, axis=0).max()),
+        "detector_mrad": prov.get("detector_mrad"),
+        "simulation_s_per_angle": prov.get("seconds_per_angle"),
+        "noise": noise_summary(clean, noisy),
+    }
+
+
+def print_regime(rows: list[dict]) -> None:
+    head = (
+        f"{'series':24s} {'mode':17s} {'found':>5} {'TP':>5} {'FP':>5} {'RMSD pm':>7} "
+        f"{'σ pred':>6} {'R':>6} {'time s':>7} {'steps':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        rmsd = r["rmsd_pm"] if r["rmsd_pm"] is not None else float("nan")
+        pred = r["predicted_rmsd_pm"] if r["predicted_rmsd_pm"] is not None else float("nan")
+        print(
+            f"{r['series']:24s} {r['mode']:17s} {r['n_found']:5d} {r['tp_rate']:5.3f} "
+            f"{r['fp_rate']:5.3f} {rmsd:7.2f} {pred:6.2f} {r['r_factor']:6.3f} "
+            f"{r['wall_s']:7.1f} {r['n_steps']:5d}"
+        )
+
+
+def regime_figure(result: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [s["series"] for s in result["sizes"]]
+    modes = [m for m in MODES + EXTRA_MODES if any(r["mode"] == m for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4.5))
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        y = [
+            next((r["rmsd_pm"] for r in rows if r["series"] == n and r["mode"] == mode), np.nan)
+            for n in names
+        ]
+        ax.bar(np.arange(len(names)) + (i - (len(modes) - 1) / 2) * width, y, width, label=mode)
+    floor = [
+        next((r["predicted_rmsd_pm"] for r in rows if r["series"] == n and r["mode"] == "rigid"),
+             np.nan)
+        for n in names
+    ]  # fmt: skip
+    ax.plot(np.arange(len(names)), floor, "k_", ms=30, mew=2, label="rigid CRB (predicted σ)")
+    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("RMSD (pm)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    dose = result["settings"]["dose_e_per_A2"]
+    ax.set_title(f"Pt decahedra, PRISM HAADF, frozen phonons, dose {dose:g} e/Å²", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_regime(args, argv) -> None:
+    """Every mode on the named regime series; rows merged into the JSON by (series, mode)."""
+    out = pathlib.Path(args.out or HERE / "results_modes_regime.json")
+    figure = pathlib.Path(args.figure or HERE / "modes_regime.png")
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES + EXTRA_MODES:
+            raise SystemExit(f"unknown mode {mode!r}; choose from {MODES + EXTRA_MODES}")
+    result = json.loads(out.read_text()) if out.exists() else None
+    if result is None:
+        result = {
+            "benchmark": "interaction modes in the regime (issue 18): PRISM HAADF, frozen phonons",
+            "settings": {"dose_e_per_A2": args.dose_e_per_A2, "seed": args.seed,
+                         "match_cutoff_A": 0.75, "optim": "atomjax defaults"
+                         if args.phases is None else {"n_phases": args.phases,
+                                                      "steps_per_phase": args.steps}},
+            "runs": [], "sizes": [], "rows": [],
+        }  # fmt: skip
+    elif result["settings"]["dose_e_per_A2"] != args.dose_e_per_A2:
+        raise SystemExit(f"{out} was made at another dose; give --out")
+    run = len(result["runs"])
+    result["runs"].append({
+        "run": run,
+        "command": " ".join(["python", "benchmarks/bench_modes.py", *(argv or sys.argv[1:])]),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": machine(),
+        "atomjax_sources_sha256": sources_sha256(),
+    })  # fmt: skip
+    for name in args.regime.split(","):
+        path = REGIME / f"{name}.npz"
+        if not path.is_file():
+            raise SystemExit(f"no regime series {path}; run benchmarks/regime/make_series.py")
+        clean = load_tilt_series(path)
+        clean = dataclasses.replace(clean, images=clean.images.astype(float))
+        noisy = with_poisson_noise(clean, args.dose_e_per_A2, args.seed)
+        record = regime_record(name, clean, noisy)
+        result["sizes"] = [s for s in result["sizes"] if s["series"] != name] + [record]
+        print(f"{name}: {record['n_atoms']} atoms, {record['semiangle_mrad']:g} mrad", flush=True)
+        for mode in modes:
+            row = run_one(noisy, name, mode, args)
+            row.update(series=name, run=run, radius_A=None)
+            result["rows"] = [
+                r for r in result["rows"] if (r["series"], r["mode"]) != (name, mode)
+            ] + [row]
+            print_regime([row])
+            out.write_text(json.dumps(to_jsonable(result), indent=2))
+    order = MODES + EXTRA_MODES
+    names = [s["series"] for s in result["sizes"]]
+    result["rows"].sort(key=lambda r: (names.index(r["series"]), order.index(r["mode"])))
+    out.write_text(json.dumps(to_jsonable(result), indent=2))
+    print()
+    print_regime(result["rows"])
+    regime_figure(result, figure)
+    print(f"wrote {out} {figure}")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def test_config_defaults_equal_the_library_defaults():
     assert cfg["optim"] == _defaults(OptimConfig)
     assert cfg["adapt"] == _defaults(AdaptConfig)
     library = _defaults(ReconstructConfig)
-    groups = {"mode", "probe_fit", "focus_per_image", "probe", "init", "optim", "adapt", "seed"}
+    groups = {"mode", "probe_fit", "focus_per_image", "probe_depth_rank", "probe_centred"}
+    groups |= {"probe", "init", "optim", "adapt", "seed"}
     assert set(cfg["reconstruct"]) == set(library) - groups  # every setting is reachable
     for key, value in cfg["reconstruct"].items():
         assert value == library[key], key

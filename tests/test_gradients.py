@@ -27,6 +27,7 @@ def make_params(probe_kind):
     probe = {
         "rigid": FixedProbe.from_settings(settings, SETUP),
         "pixel": PixelProbe.from_settings(settings, SETUP),
+        "pixel-prior": PixelProbe.from_settings(settings, SETUP, depth_rank=2, centred=True),
         "physical": PhysicalProbe(settings),
     }[probe_kind]
     return {"atoms": atoms, "drift": drift, "probe": probe}
@@ -64,6 +65,8 @@ CASES = [
     ("rigid", lambda p: p["atoms"].amplitudes, [(0,), (3,)]),
     ("rigid", lambda p: p["drift"], [(0, 0), (1, 1), (0, 2), (1, 2)]),
     ("pixel", lambda p: p["probe"].logits, [(0, 16, 18), (2, 16, 16), (3, 15, 17), (5, 14, 16)]),
+    ("pixel-prior", lambda p: p["probe"].logits, [(0, 16, 18), (1, 16, 16), (1, 14, 17)]),
+    ("pixel-prior", lambda p: p["atoms"].positions_A, [(0, 0), (3, 2)]),
     ("physical", lambda p: p["probe"].settings.defocus_A, [()]),
     ("physical", lambda p: p["probe"].settings.C12_A, [()]),
 ]
@@ -72,7 +75,17 @@ CASES = [
 @pytest.mark.parametrize(
     "probe_kind,where,indices",
     CASES,
-    ids=["positions", "widths", "amplitudes", "drift", "probe-pixels", "defocus", "astig"],
+    ids=[
+        "positions",
+        "widths",
+        "amplitudes",
+        "drift",
+        "probe-pixels",
+        "probe-correction",
+        "positions-centred-probe",
+        "defocus",
+        "astig",
+    ],  # fmt: skip
 )
 def test_gradient_matches_finite_differences(probe_kind, where, indices):
     params = make_params(probe_kind)

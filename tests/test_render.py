@@ -1,5 +1,6 @@
 """The forward model against oracles: dense splatting, analytic projections, conservation."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,8 @@ from atomjax.render import (
     ImagingSetup,
     PhysicalProbe,
     PixelProbe,
+    centroids_px,
+    depth_profiles,
     make_probe,
     render_series,
     render_tilt_series,
@@ -300,3 +303,51 @@ def test_physical_probe_per_image_focus_equals_fixed_probe_at_that_focus():
     assert float(jnp.abs(plain[2] - images[2]).max()) > 1e-3 * float(plain.max())
     with pytest.raises(ValueError, match="focus_offsets_A"):
         render_tilt_series(atoms, euler_deg, setup, PhysicalProbe(settings, jnp.zeros(2)))
+
+
+# ------------------------------------------------------------- pixel probe priors
+
+
+def test_pixel_probe_correction_starts_at_the_physical_stack():
+    setup = ImagingSetup((40, 40), 0.3, n_slices=7, slice_thickness_A=3.0)
+    settings = ProbeSettings(semiangle_mrad=30.0, defocus_A=5.0)
+    physical = np.asarray(FixedProbe.from_settings(settings, setup).stack)
+    lot = PixelProbe.from_settings(settings, setup)
+    prior = PixelProbe.from_settings(settings, setup, depth_rank=2, centred=False)
+    assert lot.logits.shape == (7, 40, 40) and prior.logits.shape == (2, 40, 40)
+    for probe in (lot, prior):
+        np.testing.assert_allclose(probe.intensities(setup), physical, atol=1e-9)
+    # a correction of rank 2 changes the slices along a straight line in depth
+    rng = np.random.default_rng(1)
+    bent = eqx.tree_at(lambda p: p.logits, prior, jnp.asarray(rng.normal(size=(2, 40, 40))))
+    z = np.log(np.asarray(bent.intensities(setup))) - np.log(physical + 1e-12)
+    z -= z.mean(axis=(1, 2), keepdims=True)  # the softmax's free constant per slice
+    second = z[2:] - 2 * z[1:-1] + z[:-2]
+    assert np.abs(second).max() < 1e-6 * np.abs(z).max()
+
+
+def test_depth_profiles_are_orthonormal_polynomials():
+    q = depth_profiles(9, 3)
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(q[:, 0], 1 / 3)  # the constant first
+    t = np.linspace(-1, 1, 9)
+    assert np.polyfit(t, q[:, 2], 2, full=True)[1][0] < 1e-20  # quadratic exactly
+    with pytest.raises(ValueError, match="depth rank"):
+        depth_profiles(4, 5)
+
+
+def test_centred_pixel_probe_keeps_every_slice_on_the_centre_pixel():
+    setup = ImagingSetup((36, 36), 0.3, n_slices=3, slice_thickness_A=2.0)
+    u = np.arange(36) - 18
+    shifts = [(2.3, -1.2), (-0.7, 3.1), (0.0, 0.0)]
+    stack = np.stack([
+        np.exp(-((u[:, None] - a) ** 2 + (u[None, :] - b) ** 2) / 5.0) for a, b in shifts
+    ])  # fmt: skip
+    stack /= stack.sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(centroids_px(jnp.asarray(stack)), shifts, atol=1e-9)
+    probe = PixelProbe.from_stack(stack, centred=True)
+    out = np.asarray(probe.intensities(setup))
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), 1.0, atol=1e-12)
+    np.testing.assert_allclose(centroids_px(jnp.asarray(out)), 0.0, atol=1e-4)
+    centred = np.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / 5.0)
+    np.testing.assert_allclose(out[0], centred / centred.sum(), atol=1e-6)  # moved, not bent

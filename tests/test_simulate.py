@@ -235,3 +235,42 @@ def test_haadf_tiny_physical():
         assert np.linalg.norm(_projected(series, j) - brightest, axis=1).min() < 0.4
         # the bright region is where the particle is
         assert np.linalg.norm(_centroid_A(image - image.min(), 0.4)) < 0.6
+
+
+def test_haadf_frozen_phonons():
+    """abTEM's FrozenPhonons: σ = 0 is the static lattice; thermal σ changes the images
+    (their total little), each image with its own configurations."""
+    atoms = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", radius_A=4.0), seed=1)
+    kw = dict(potential_sampling_A=0.15, scan_pixel_size_A=0.5, progress=False)
+    static = simulate.simulate_haadf(atoms, [0.0, 30.0], **kw)
+    still = simulate.simulate_haadf(atoms, [0.0, 30.0], frozen_phonons=2, phonon_sigma_A=0.0, **kw)
+    np.testing.assert_allclose(still.images, static.images, rtol=1e-5, atol=1e-7)
+    hot = simulate.simulate_haadf(atoms, [0.0, 30.0], frozen_phonons=2, **kw)
+    assert hot.provenance["frozen_phonons"] == 2
+    assert hot.provenance["phonon_sigma_A"] == {"Au": pytest.approx(0.0886, abs=1e-3)}
+    change = np.abs(hot.images - static.images).max() / static.images.max()
+    assert 1e-3 < change < 0.6  # 0.33 measured: thermal scattering is much of HAADF
+    np.testing.assert_allclose(hot.images.sum((1, 2)), static.images.sum((1, 2)), rtol=0.1)
+    assert np.array_equal(hot.atoms_positions_A, static.atoms_positions_A)  # the mean sites
+
+
+def test_haadf_input_errors_name_the_problem():
+    atoms = structures.fcc_sphere("Au", radius_A=4.0)
+    with pytest.raises(ValueError, match="bright-field disc"):
+        simulate.simulate_haadf(atoms, [0.0], detector_mrad=(20, None), progress=False)
+    with pytest.raises(ValueError, match="frozen_phonons"):
+        simulate.simulate_haadf(atoms, [0.0], frozen_phonons=-1, progress=False)
+    cu = structures.fcc_sphere("Cu", radius_A=4.0)
+    with pytest.raises(ValueError, match=r"no default thermal displacement for \['Cu'\]"):
+        simulate.simulate_haadf(cu, [0.0], frozen_phonons=1, progress=False)
+    with pytest.raises(ValueError, match="no value for"):
+        simulate.simulate_haadf(cu, [0.0], frozen_phonons=1, phonon_sigma_A={"Au": 0.1})
+
+
+def test_smooth_grid_sizes_end_for_every_interpolation():
+    """Interpolation 7 used to loop for ever (no 2,3,5-smooth number is divisible by 7)."""
+    for multiple in range(1, 13):
+        for n in (37, 100, 353):
+            m = simulate._smooth_size(n, multiple)
+            assert m >= n and m % multiple == 0 and simulate._is_smooth(m // multiple)
+    assert simulate._smooth_size(353) == 360
