@@ -325,3 +325,28 @@ def test_given_start_with_frozen_positions_keeps_them():
     assert model_images(result, small, config).shape == small.images.shape
     with pytest.raises(ValueError, match="initial_positions_A"):
         reconstruct(small, config, progress=False, initial_positions_A=np.zeros((3, 2)))
+
+
+def test_adaptive_pixel_probe_with_priors_resumes_bit_identical_and_stays_centred(series, tmp_path):
+    """The default pixel probe (a rank-2 correction of the physical probe, each slice
+    centred) through a run, a checkpoint and a resume."""
+    from atomjax.render import centroids_px
+
+    config = ReconstructConfig(
+        mode="adaptive", probe={"semiangle_mrad": 25.0}, n_slices=3, slice_thickness_A=4.0,
+        optim={"n_phases": 2, "steps_per_phase": 20}, init=FAST["init"], uncertainty=False,
+    )  # fmt: skip
+    assert (config.probe_depth_rank, config.probe_centred) == (2, True)
+    kw = dict(progress=False, figures=False)
+    full = reconstruct(series, config, out_dir=tmp_path / "a", **kw)
+    reconstruct(series, config, out_dir=tmp_path / "b", max_phases=1, **kw)
+    resumed = reconstruct(series, config, out_dir=tmp_path / "b", resume=True, **kw)
+    np.testing.assert_array_equal(resumed.positions_A, full.positions_A)
+    assert resumed.report["history"]["loss"] == full.report["history"]["loss"]
+    probe = full.params.probe
+    assert probe.logits.shape[0] == 2 and probe.base.shape[0] == 3 and probe.centred
+    assert float(np.abs(probe.logits).max()) > 0  # the correction was fitted
+    from atomjax.render import ImagingSetup
+
+    stack = probe.intensities(ImagingSetup(series.image_shape, series.pixel_size_A, 3, 4.0))
+    np.testing.assert_allclose(centroids_px(stack), 0.0, atol=5e-3)  # pixels: 0.2 pm
