@@ -16,7 +16,6 @@ Writes ``benchmarks/results_defocus_<series>.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -24,12 +23,11 @@ import time
 
 import numpy as np
 
-from atomjax.io import load_tilt_series
 from atomjax.outputs import to_jsonable
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_modes import REGIME, with_poisson_noise  # noqa: E402
+from bench_modes import load_regime  # noqa: E402
 from common import machine  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -62,9 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--runs-dir", default="/tmp/atomjax_bench_defocus")
     args = p.parse_args(argv)
-    clean = load_tilt_series(REGIME / f"{args.series}.npz")
-    clean = dataclasses.replace(clean, images=clean.images.astype(float))
-    series = with_poisson_noise(clean, args.dose_e_per_A2, args.seed)
+    clean, series = load_regime(args.series, args.dose_e_per_A2, args.seed)
     probe = series.probe.to_dict()
     runs = pathlib.Path(args.runs_dir) / args.series
     common = dict(adapt_between_phases=False, uncertainty=False, checkpoint=False)

@@ -209,21 +209,49 @@ def run_one(series: TiltSeries, radius_A, mode_name: str, args) -> dict:
 # ------------------------------------------------------------------------ output
 
 
-def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'r (Å)':>5} {'atoms':>5} {'mode':17s} {'found':>5} {'TP':>5} {'FP':>5} "
-        f"{'RMSD pm':>7} {'R':>6} {'time s':>7} {'× dir':>5} {'last-phase drop':>15}"
-    )
+def _cell(key, spec: str):
+    """A table cell: ``row[key]`` (a callable: of the row) formatted by ``spec``; None → nan."""
+
+    def cell(row):
+        value = key(row) if callable(key) else row[key]
+        return format(float("nan") if value is None else value, spec)
+
+    return cell
+
+
+#: (header, width with alignment, cell) per column; the rows are the benchmark's dicts
+COMMON_COLUMNS = [
+    ("mode", "<17", _cell("mode", "")),
+    ("found", ">5", _cell("n_found", "d")),
+    ("TP", ">5", _cell("tp_rate", ".3f")),
+    ("FP", ">5", _cell("fp_rate", ".3f")),
+    ("RMSD pm", ">7", _cell("rmsd_pm", ".2f")),
+]
+SIZE_COLUMNS = [
+    ("r (Å)", ">5", _cell("radius_A", "g")),
+    ("atoms", ">5", _cell("n_truth", "d")),
+    *COMMON_COLUMNS,
+    ("R", ">6", _cell("r_factor", ".3f")),
+    ("time s", ">7", _cell("run_time_s", ".1f")),
+    ("× dir", ">5", _cell("time_ratio_to_direct", ".2f")),
+    ("last-phase drop", ">15", _cell(lambda r: r["convergence"]["last_phase_rel_drop"], ".2e")),
+]
+REGIME_COLUMNS = [
+    ("series", "<24", _cell("series", "")),
+    *COMMON_COLUMNS,
+    ("σ pred", ">6", _cell("predicted_rmsd_pm", ".2f")),
+    ("R", ">6", _cell("r_factor", ".3f")),
+    ("time s", ">7", _cell("wall_s", ".1f")),
+    ("steps", ">5", _cell("n_steps", "d")),
+]
+
+
+def print_table(rows: list[dict], columns=SIZE_COLUMNS) -> None:
+    head = " ".join(f"{name:{width}}" for name, width, _ in columns)
     print(head)
     print("-" * len(head))
     for r in rows:
-        rmsd = r["rmsd_pm"] if r["rmsd_pm"] is not None else float("nan")
-        print(
-            f"{r['radius_A']:5g} {r['n_truth']:5d} {r['mode']:17s} {r['n_found']:5d} "
-            f"{r['tp_rate']:5.3f} {r['fp_rate']:5.3f} {rmsd:7.2f} {r['r_factor']:6.3f} "
-            f"{r['run_time_s']:7.1f} {r['time_ratio_to_direct'] or float('nan'):5.2f} "
-            f"{r['convergence']['last_phase_rel_drop']:15.2e}"
-        )
+        print(" ".join(f"{cell(r):{width}}" for _, width, cell in columns))
 
 
 def make_figure(rows: list[dict], modes: list[str], path: pathlib.Path, title: str) -> None:
@@ -474,6 +502,16 @@ def phonon_floor_pm(series: TiltSeries) -> float | None:
     return float(100 * np.sqrt(var / configs * np.trace(np.linalg.inv(normal))))
 
 
+def load_regime(name: str, dose_e_per_A2: float, seed: int) -> tuple[TiltSeries, TiltSeries]:
+    """(expected, noisy) images of a committed regime series, Poisson counts at the dose."""
+    path = REGIME / f"{name}.npz"
+    if not path.is_file():
+        raise SystemExit(f"no regime series {path}; run benchmarks/regime/make_series.py")
+    clean = load_tilt_series(path)
+    clean = dataclasses.replace(clean, images=clean.images.astype(float))
+    return clean, with_poisson_noise(clean, dose_e_per_A2, seed)
+
+
 def regime_record(name: str, clean: TiltSeries, noisy: TiltSeries) -> dict:
     prov = clean.provenance
     entry = prov.get("regime_entry", {})
@@ -492,23 +530,6 @@ def regime_record(name: str, clean: TiltSeries, noisy: TiltSeries) -> dict:
         "phonon_floor_pm": phonon_floor_pm(clean),
         "noise": noise_summary(clean, noisy),
     }
-
-
-def print_regime(rows: list[dict]) -> None:
-    head = (
-        f"{'series':24s} {'mode':17s} {'found':>5} {'TP':>5} {'FP':>5} {'RMSD pm':>7} "
-        f"{'σ pred':>6} {'R':>6} {'time s':>7} {'steps':>5}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        rmsd = r["rmsd_pm"] if r["rmsd_pm"] is not None else float("nan")
-        pred = r["predicted_rmsd_pm"] if r["predicted_rmsd_pm"] is not None else float("nan")
-        print(
-            f"{r['series']:24s} {r['mode']:17s} {r['n_found']:5d} {r['tp_rate']:5.3f} "
-            f"{r['fp_rate']:5.3f} {rmsd:7.2f} {pred:6.2f} {r['r_factor']:6.3f} "
-            f"{r['wall_s']:7.1f} {r['n_steps']:5d}"
-        )
 
 
 def regime_figure(result: dict, path: pathlib.Path) -> None:
@@ -563,7 +584,7 @@ def run_regime(args, argv) -> None:
                 load_tilt_series(REGIME / f"{size['series']}.npz")
             )
         out.write_text(json.dumps(to_jsonable(result), indent=2))
-        print_regime(result["rows"])
+        print_table(result["rows"], REGIME_COLUMNS)
         regime_figure(result, figure)
         return
     if result is None:
@@ -586,12 +607,7 @@ def run_regime(args, argv) -> None:
         "atomjax_sources_sha256": sources_sha256(),
     })  # fmt: skip
     for name in args.regime.split(","):
-        path = REGIME / f"{name}.npz"
-        if not path.is_file():
-            raise SystemExit(f"no regime series {path}; run benchmarks/regime/make_series.py")
-        clean = load_tilt_series(path)
-        clean = dataclasses.replace(clean, images=clean.images.astype(float))
-        noisy = with_poisson_noise(clean, args.dose_e_per_A2, args.seed)
+        clean, noisy = load_regime(name, args.dose_e_per_A2, args.seed)
         record = regime_record(name, clean, noisy)
         result["sizes"] = [s for s in result["sizes"] if s["series"] != name] + [record]
         print(f"{name}: {record['n_atoms']} atoms, {record['semiangle_mrad']:g} mrad", flush=True)
@@ -601,14 +617,14 @@ def run_regime(args, argv) -> None:
             result["rows"] = [
                 r for r in result["rows"] if (r["series"], r["mode"]) != (name, mode)
             ] + [row]
-            print_regime([row])
+            print_table([row], REGIME_COLUMNS)
             out.write_text(json.dumps(to_jsonable(result), indent=2))
     order = MODES + EXTRA_MODES
     names = [s["series"] for s in result["sizes"]]
     result["rows"].sort(key=lambda r: (names.index(r["series"]), order.index(r["mode"])))
     out.write_text(json.dumps(to_jsonable(result), indent=2))
     print()
-    print_regime(result["rows"])
+    print_table(result["rows"], REGIME_COLUMNS)
     regime_figure(result, figure)
     print(f"wrote {out} {figure}")
 

@@ -59,3 +59,33 @@ def test_regime_series_matches_its_settings_and_the_truth(name):
                 direct[j] - gaussian_filter(direct[j], sigma_px),
             )
             assert lo < ncc < hi, (sign, j, ncc)
+
+
+def test_phonon_floor_equals_the_spread_of_least_squares_positions():
+    """bench_modes.phonon_floor_pm against Monte Carlo: atoms displaced afresh in every
+    image, each position fitted by least squares to its projections."""
+    import sys
+
+    sys.path.insert(0, str(REGIME.parent))
+    import bench_modes
+
+    from atomjax.data import TiltSeries
+    from atomjax.geometry import euler_from_tilts_deg, rotation_matrix
+
+    euler = euler_from_tilts_deg(np.arange(-67.5, 68, 9.0))
+    series = TiltSeries(
+        np.zeros((len(euler), 8, 8)), euler, 0.5, atoms_positions_A=np.zeros((1, 3)),
+        atoms_species=np.array(["Pt"]),
+        provenance={"frozen_phonons": 1, "phonon_sigma_A": {"Pt": 0.064}},
+    )  # fmt: skip
+    floor = bench_modes.phonon_floor_pm(series)
+    rng = np.random.default_rng(0)
+    proj = np.asarray(rotation_matrix(np.deg2rad(euler)), float)[:, :2, :]  # (m, 2, 3)
+    design = proj.reshape(-1, 3)
+    trials = 20000
+    delta = rng.normal(scale=0.064, size=(trials, len(euler), 3))
+    observed = np.einsum("jai,tji->tja", proj, delta).reshape(trials, -1)
+    fitted = np.linalg.lstsq(design, observed.T, rcond=None)[0].T
+    monte_carlo = 100 * np.sqrt((fitted**2).sum(1).mean())
+    assert floor == pytest.approx(monte_carlo, rel=0.02)
+    assert bench_modes.phonon_floor_pm(series.replace(provenance={"frozen_phonons": 0})) is None

@@ -252,6 +252,9 @@ def test_haadf_frozen_phonons():
     assert 1e-3 < change < 0.6  # 0.33 measured: thermal scattering is much of HAADF
     np.testing.assert_allclose(hot.images.sum((1, 2)), static.images.sum((1, 2)), rtol=0.1)
     assert np.array_equal(hot.atoms_positions_A, static.atoms_positions_A)  # the mean sites
+    # the same view twice: one image of the static lattice, two exposures with phonons
+    twice = simulate.simulate_haadf(atoms, [0.0, 0.0], frozen_phonons=1, **kw)
+    assert np.abs(twice.images[0] - twice.images[1]).max() > 1e-3 * twice.images.max()
 
 
 def test_haadf_input_errors_name_the_problem():
