@@ -174,9 +174,21 @@ def _check_pixel(name: str, value: float) -> float:
 
 
 def _image_shape(
-    image_shape, radius_A: float, drift: np.ndarray, pixel_size_A: float, margin_A: float
+    image_shape,
+    radius_A: float,
+    drift: np.ndarray,
+    pixel_size_A: float,
+    margin_A: float,
+    views: np.ndarray | None = None,
 ) -> tuple[int, int]:
-    """Given shape, or a square even shape holding the bounding sphere, drift and margin."""
+    """Given shape; "fit": the even shape holding every view's projection (``views``,
+    (m, n, 3)) with drift and margin; None: a square even shape holding the bounding
+    sphere, drift and margin."""
+    if isinstance(image_shape, str):
+        if image_shape != "fit":
+            raise ValueError(f"image_shape must be (nu, nv), None or 'fit', got {image_shape!r}")
+        half = np.abs(views[..., :2]).max(axis=(0, 1)) + np.abs(drift[:, :2]).max(0) + margin_A
+        return tuple(2 * int(math.ceil(h / pixel_size_A)) for h in half)
     if image_shape is not None:
         shape = tuple(int(s) for s in np.broadcast_to(np.asarray(image_shape), (2,)))
         if min(shape) < 2:
@@ -296,7 +308,7 @@ def simulate_fast(
     angles_deg,
     pixel_size_A: float = 0.25,
     blur_sigma_A: float = 0.5,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, int] | str | None = None,
     margin_A: float = 4.0,
     oversampling: int = 2,
     dose_e_per_A2: float | None = None,
@@ -313,7 +325,7 @@ def simulate_fast(
         pixel_size_A / oversampling, blurred, and Fourier-cropped to the pixel grid.
     blur_sigma_A: standard deviation of the Gaussian blur (finite probe) in Å.
     image_shape: (nu, nv); default: square, the particle's bounding sphere + drift +
-        margin_A on each side.
+        margin_A on each side; "fit": per axis, every view's projection + drift + margin_A.
     Returns a TiltSeries with images (m, nu, nv) in V·Å (or counts, with a dose).
     """
     abtem = _abtem()
@@ -330,7 +342,15 @@ def simulate_fast(
     m = euler.shape[0]
     drift = _drift(m, drift_std_A, rng)
     radius = float(np.linalg.norm(pos, axis=1).max())
-    shape = _image_shape(image_shape, radius, drift, pixel_size_A, margin_A)
+    rot = _rotations(euler)
+    shape = _image_shape(
+        image_shape,
+        radius,
+        drift,
+        pixel_size_A,
+        margin_A,
+        views=np.einsum("mij,nj->mni", rot, pos),
+    )
     fine = (shape[0] * oversampling, shape[1] * oversampling)
     depth = 2.0 * (radius + np.abs(drift[:, 2]).max() + 2.0)
     cell = np.array([shape[0] * pixel_size_A, shape[1] * pixel_size_A, depth])
@@ -338,7 +358,6 @@ def simulate_fast(
     ku = np.fft.fftfreq(fine[0], d=pixel_size_A / oversampling)[:, None]
     kv = np.fft.fftfreq(fine[1], d=pixel_size_A / oversampling)[None, :]
     blur = np.exp(-2.0 * np.pi**2 * blur_sigma_A**2 * (ku**2 + kv**2))
-    rot = _rotations(euler)
     clean = np.empty((m,) + shape)
     t0 = time.perf_counter()
     for j in _progress(range(m), progress, "projected potential"):
@@ -455,7 +474,7 @@ def simulate_haadf(
     potential_sampling_A: float = 0.1,
     slice_thickness_A: float = 2.0,
     scan_pixel_size_A: float = 0.5,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, int] | str | None = None,
     margin_A: float = 4.0,
     method: str = "prism",
     prism_interpolation: int | None = None,
@@ -484,8 +503,12 @@ def simulate_haadf(
         grid size is rounded up to 2,3,5-smooth and divisible by the PRISM interpolation.
     scan_pixel_size_A: image pixel size (probe step) in Å.
     method: "prism" (abtem.SMatrix) or "multislice" (abtem.Probe, 5-10x slower).
-    prism_interpolation: PRISM interpolation factor; default: the largest 2,3,5-smooth
-        one of 1..9 that keeps the probe window (cell extent / factor) at least 6 Å wide.
+    image_shape: (nu, nv) pixels; None: square, holding the particle's bounding sphere
+        with ``margin_A``; "fit": per axis the smallest even size holding every view's
+        projection with ``margin_A`` (cheaper for particles longer in one direction).
+    prism_interpolation: PRISM interpolation factor; default, per axis: the largest
+        2,3,5-smooth one of 1..9 that keeps the probe window (cell extent / factor) at
+        least 6 Å wide.
     frozen_phonons: number of frozen-phonon configurations per image (``abtem.FrozenPhonons``,
         the image is their mean); 0 = the static lattice. Each image draws its own
         configurations (seeded from ``seed`` and the image index), as successive
@@ -522,30 +545,39 @@ def simulate_haadf(
     m = euler.shape[0]
     drift = _drift(m, drift_std_A, rng)
     radius = float(np.linalg.norm(pos, axis=1).max())
-    shape = _image_shape(image_shape, radius, drift, p, margin_A)
+    rot = _rotations(euler)
+    shape = _image_shape(
+        image_shape, radius, drift, p, margin_A, views=np.einsum("mij,nj->mni", rot, pos)
+    )
     scan_extent = np.array(shape, float) * p
     # lateral potential grid: covers the scan area, smooth size, divisible by interpolation
     if prism_interpolation is None:
-        # the largest 2,3,5-smooth factor <= 9 that keeps the window >= 6 Å (no 7: the
-        # window and the whole grid both stay FFT-friendly). Measured on a 287-atom Pt
-        # decahedron at 35 mrad against a 12.5 Å window: 6.4 Å windows agree to 0.3 %
+        # per axis, the largest 2,3,5-smooth factor <= 9 that keeps the window >= 6 Å (no
+        # 7: the window and the whole grid both stay FFT-friendly). Measured on a 287-atom
+        # Pt decahedron at 35 mrad against a 12.5 Å window: 6.4 Å windows agree to 0.3 %
         # (after one scale), 4.8 Å ones lose 20 % of the signal and 1.9 % of its shape.
-        widest = int(np.clip(np.floor(scan_extent.min() / 6.0), 1, 9))
-        interp = max(f for f in range(1, widest + 1) if _is_smooth(f)) if method == "prism" else 1
+        interp = tuple(
+            max(f for f in range(1, int(np.clip(e // 6.0, 1, 9)) + 1) if _is_smooth(f))
+            if method == "prism"
+            else 1
+            for e in scan_extent
+        )
     else:
         if int(prism_interpolation) != prism_interpolation or prism_interpolation < 1:
             raise ValueError(
                 f"prism_interpolation must be a positive integer, got {prism_interpolation}"
             )
-        interp = int(prism_interpolation)
-    gpts = tuple(_smooth_size(math.ceil(e / dx - 1e-9), interp) for e in scan_extent)
+        interp = (int(prism_interpolation),) * 2
+    gpts = tuple(
+        _smooth_size(math.ceil(e / dx - 1e-9), f) for e, f in zip(scan_extent, interp, strict=True)
+    )
     extent = np.array(gpts) * dx
     # abTEM's own cut-off on this (PRISM: interpolation window) grid, <= the nominal one
     window = abtem.Probe(
         semiangle_cutoff=semiangle,
         energy=energy,
-        extent=tuple(extent / interp),
-        gpts=tuple(g // interp for g in gpts),
+        extent=tuple(extent / np.array(interp)),
+        gpts=tuple(g // f for g, f in zip(gpts, interp, strict=True)),
     )
     limit = float(min(window.cutoff_angles))
     outer = limit if outer is None else float(outer)
@@ -574,7 +606,6 @@ def simulate_haadf(
     detector = abtem.AnnularDetector(inner=inner, outer=outer)
     aberrations = probe.abtem_aberrations()
     aberrations["C10"] = -(float(probe.defocus_A) + depth / 2)  # focus relative to entrance
-    rot = _rotations(euler)
     clean = np.empty((m,) + shape)
     t0 = time.perf_counter()
     for j in _progress(range(m), progress, f"HAADF ({method})"):
@@ -616,7 +647,9 @@ def simulate_haadf(
         "simulator": "atomjax.simulate.simulate_haadf",
         "abtem_version": abtem.__version__,
         "method": method,
-        "prism_interpolation": interp if method == "prism" else None,
+        "prism_interpolation": (
+            (interp[0] if interp[0] == interp[1] else list(interp)) if method == "prism" else None
+        ),
         "probe": probe.to_dict(),
         "abtem_aberrations": aberrations,
         "detector_mrad": [inner, outer],

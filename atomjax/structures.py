@@ -5,7 +5,9 @@ mass sits at the origin, so the origin is the rotation centre of a tilt series (
 :mod:`atomjax.geometry`). Builders that draw random numbers take a ``seed`` and are
 deterministic for it. Crystalline particles are built with their cubic axes along
 x, y, z (the decahedron with its five-fold axis along z); use
-:func:`rotate_off_zone_axes` or :func:`random_orientation` to turn them.
+:func:`rotate_off_zone_axes` or :func:`random_orientation` to turn them, or
+:func:`rotate_off_columns`, which reads the column directions off the atoms themselves
+(twinned particles such as the decahedron hold five differently oriented crystals).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ __all__ = [
     "fept_sphere",
     "random_orientation",
     "rotate_off_zone_axes",
+    "column_directions",
+    "column_margin_deg",
+    "rotate_off_columns",
     "fcc_lattice_constant_A",
 ]
 
@@ -326,16 +331,129 @@ def rotate_off_zone_axes(
     # component along the tilt axis of every rotated zone axis: (trials, axes)
     comp = np.abs(np.einsum("tj,aj->ta", rots[:, col, :], axes))
     margin_deg = np.degrees(np.arcsin(np.clip(comp.min(axis=1), 0.0, 1.0)))
+    return _best_rotation(
+        atoms, rots, margin_deg, min_angle_deg, "zone_axis_margin_deg",
+        f"keeping the <uvw> (|u|,|v|,|w| <= {max_index}) zone axes {min_angle_deg}° from the "
+        "tilt plane", "lower min_angle_deg or max_index, or raise n_trials",
+    )  # fmt: skip
+
+
+def _best_rotation(atoms, mats, margin_deg, min_angle_deg, key: str, goal: str, advice: str):
+    """``atoms`` turned by the rotation of largest margin, the margin in ``info[key]``;
+    ValueError (what was sought, the best found, what to change) below ``min_angle_deg``."""
     best = int(np.argmax(margin_deg))
     if margin_deg[best] < min_angle_deg:
-        raise ValueError(
-            f"no rotation found keeping the <uvw> (|u|,|v|,|w| <= {max_index}) zone axes "
-            f"{min_angle_deg}° from the tilt plane (best {margin_deg[best]:.2f}°); "
-            "lower min_angle_deg or max_index, or raise n_trials"
-        )
-    out = _rotate(atoms, rots[best])
-    out.info["zone_axis_margin_deg"] = float(margin_deg[best])
+        raise ValueError(f"no rotation found {goal} (best {margin_deg[best]:.2f}°); {advice}")
+    out = _rotate(atoms, mats[best])
+    out.info[key] = float(margin_deg[best])
     return out
+
+
+def column_directions(
+    atoms: ase.Atoms, shell_factor: float = 1.45, min_share: float = 0.005
+) -> np.ndarray:
+    """Unit directions (one per ± pair, (k, 3)) of the densest atom columns, read off the atoms.
+
+    The vectors from every atom to its neighbours out to ``shell_factor`` times the
+    nearest-neighbour distance (1.45: the first two fcc shells, the <110> and <100>
+    columns), grouped to within about half a degree; a group counts when it holds at
+    least ``min_share`` of all such vectors (so stray surface bonds do not). Works for
+    twinned particles, where no one set of crystal axes holds.
+    """
+    pos = np.asarray(atoms.positions, float)
+    if len(pos) < 2:
+        raise ValueError("column_directions needs at least two atoms")
+    tree = cKDTree(pos)
+    nearest = float(tree.query(pos, k=2)[0][:, 1].min())
+    pairs = tree.query_pairs(shell_factor * nearest, output_type="ndarray")
+    vec = pos[pairs[:, 1]] - pos[pairs[:, 0]]
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    first = vec[np.arange(len(vec)), np.argmax(np.abs(vec) > 1e-6, axis=1)]
+    vec *= np.sign(first)[:, None]
+    keys, inverse, counts = np.unique(
+        np.round(vec * 100).astype(int), axis=0, return_inverse=True, return_counts=True
+    )
+    keep = counts >= min_share * len(vec)
+    out = (
+        np.stack([vec[inverse.reshape(-1) == k].mean(0) for k in np.flatnonzero(keep)])
+        if keep.any()
+        else vec[:1]
+    )
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _beam_directions(tilts_deg, tilt_axis: str) -> np.ndarray:
+    """The beam's direction in the particle's frame for each tilt (m, 3)."""
+    from atomjax.geometry import euler_from_tilts_deg, rotation_matrix
+
+    euler = np.radians(euler_from_tilts_deg(tilts_deg, tilt_axis))
+    # image frame (u, v, w) = R · x; the beam runs along w, i.e. along R's third row
+    return np.stack([np.asarray(rotation_matrix(e))[2] for e in euler])
+
+
+def column_margin_deg(atoms: ase.Atoms, tilts_deg, tilt_axis: str = "y") -> np.ndarray:
+    """For each tilt, the angle (degrees) between the beam and the nearest dense column.
+
+    Near 0 the view is on a zone axis (the columns channel the probe); see
+    :func:`column_directions`.
+    """
+    cols = column_directions(atoms)
+    beams = _beam_directions(tilts_deg, tilt_axis)
+    cos = np.clip(np.abs(beams @ cols.T).max(axis=1), 0.0, 1.0)
+    return np.degrees(np.arccos(cos))
+
+
+def rotate_off_columns(
+    atoms: ase.Atoms,
+    tilts_deg,
+    seed: int = 0,
+    tilt_axis: str = "y",
+    align: Sequence[float] | None = None,
+    align_within_deg: float = 10.0,
+    min_angle_deg: float = 3.0,
+    n_trials: int = 2048,
+) -> ase.Atoms:
+    """Rotate a particle so that no view of the tilt series looks down a dense column.
+
+    Among ``n_trials`` rotations (deterministic for ``seed``) this keeps the one whose
+    smallest :func:`column_margin_deg` over ``tilts_deg`` is largest, and raises
+    ValueError below ``min_angle_deg``. ``align``: a direction of the particle as built
+    (e.g. (0, 0, 1), the decahedron's five-fold axis) to keep within
+    ``align_within_deg`` of the tilt axis, so that the particle is seen edge-on to it
+    and its depth stays near its diameter at every tilt. The margin is stored in
+    ``info["column_margin_deg"]``.
+    """
+    col = {"x": 0, "y": 1, "z": 2}.get(tilt_axis)
+    if col is None:
+        raise ValueError(f"tilt_axis must be 'x', 'y' or 'z', got {tilt_axis!r}")
+    rng = np.random.default_rng(seed)
+    if align is None:
+        rots = Rotation.random(int(n_trials), random_state=rng)
+    else:
+        a = np.asarray(align, float)
+        if a.shape != (3,) or not np.linalg.norm(a) > 0:
+            raise ValueError(f"align must be a non-zero 3-vector, got {align}")
+        axis = np.eye(3)[col]
+        onto = Rotation.align_vectors(axis[None], (a / np.linalg.norm(a))[None])[0]
+        spin = Rotation.from_rotvec(rng.uniform(0, 2 * np.pi, n_trials)[:, None] * axis)
+        # a wobble of the aligned direction, uniform in solid angle within the cone
+        cos_max = np.cos(np.radians(float(align_within_deg)))
+        theta = np.arccos(1 - rng.uniform(0, 1, n_trials) * (1 - cos_max))
+        phi = rng.uniform(0, 2 * np.pi, n_trials)
+        perp = np.eye(3)[[(col + 1) % 3, (col + 2) % 3]]
+        rotvec = (np.cos(phi)[:, None] * perp[0] + np.sin(phi)[:, None] * perp[1]) * theta[:, None]
+        rots = Rotation.from_rotvec(rotvec) * spin * onto
+    cols = column_directions(atoms)
+    beams = _beam_directions(tilts_deg, tilt_axis)
+    mats = rots.as_matrix()
+    # the columns after rotation, against every beam: (trials, beams, columns)
+    cos = np.abs(np.einsum("mi,tij,kj->tmk", beams, mats, cols)).max(axis=(1, 2))
+    margin_deg = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
+    return _best_rotation(
+        atoms, mats, margin_deg, min_angle_deg, "column_margin_deg",
+        f"keeping every view {min_angle_deg}° off the dense columns",
+        "lower min_angle_deg, widen align_within_deg or raise n_trials",
+    )  # fmt: skip
 
 
 #: Particle kinds that :func:`build_particle` knows.

@@ -277,3 +277,36 @@ def test_smooth_grid_sizes_end_for_every_interpolation():
             m = simulate._smooth_size(n, multiple)
             assert m >= n and m % multiple == 0 and simulate._is_smooth(m // multiple)
     assert simulate._smooth_size(353) == 360
+
+
+def test_fitted_image_shape_holds_every_view_and_crops_the_square_one():
+    """image_shape="fit": an edge-on decahedron is narrower along the tilt axis; the
+    fitted images are the centre of the square ones."""
+    atoms = structures.rotate_off_columns(
+        structures.decahedron("Pt", diameter_A=20.0), [-60.0, 0.0, 60.0], align=(0, 0, 1)
+    )
+    kw = dict(pixel_size_A=0.5, progress=False)
+    square = simulate.simulate_fast(atoms, [-60.0, 0.0, 60.0], **kw)
+    fit = simulate.simulate_fast(atoms, [-60.0, 0.0, 60.0], image_shape="fit", **kw)
+    (nu, nv), (su, sv) = fit.image_shape, square.image_shape
+    assert nv < sv - 8 and nu <= su and nu % 2 == 0 and nv % 2 == 0
+    a, b = (su - nu) // 2, (sv - nv) // 2
+    crop = square.images[:, a : a + nu, b : b + nv]
+    assert np.abs(crop - fit.images).max() < 1e-3 * fit.images.max()
+    with pytest.raises(ValueError, match="'fit'"):
+        simulate.simulate_fast(atoms, [0.0], image_shape="tight", **kw)
+
+
+def test_prism_interpolation_per_axis_keeps_6A_windows():
+    """A field much narrower along one axis gets its own (smaller) PRISM factor."""
+    atoms = structures.fcc_sphere("Au", radius_A=3.0)
+    series = simulate.simulate_haadf(
+        atoms, [0.0], image_shape=(96, 40), potential_sampling_A=0.15, progress=False
+    )
+    prov = series.provenance
+    f = prov["prism_interpolation"]
+    assert isinstance(f, list) and f[0] > f[1]
+    extent = np.array(prov["potential_gpts"]) * 0.15
+    assert np.all(extent / np.array(f) >= 6.0)
+    assert all(g % k == 0 for g, k in zip(prov["potential_gpts"], f, strict=True))
+    assert np.isfinite(series.images).all() and series.images.max() > 0

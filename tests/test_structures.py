@@ -185,3 +185,44 @@ def test_rotations_keep_shape():
         structures.rotate_off_zone_axes(atoms, min_angle_deg=60.0)
     with pytest.raises(ValueError, match="tilt_axis"):
         structures.rotate_off_zone_axes(atoms, tilt_axis="q")
+
+
+def test_column_directions_of_an_fcc_crystal():
+    """Cubic axes along x, y, z: the first two shells give the six <110> and three <100>."""
+    atoms = structures.fcc_sphere("Au", radius_A=9.0)
+    cols = structures.column_directions(atoms)
+    expected = np.array(
+        [[1, 1, 0], [1, -1, 0], [1, 0, 1], [1, 0, -1], [0, 1, 1], [0, 1, -1],
+         [1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        float,
+    )  # fmt: skip
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert cols.shape == (9, 3)
+    np.testing.assert_allclose(np.abs(cols @ expected.T).max(axis=0), 1.0, atol=1e-9)
+    # beam along z at 0° ([001]), along [101] at 45°; at 20° the nearest is [001], 20° away
+    margin = structures.column_margin_deg(atoms, [0.0, 45.0, 20.0])
+    np.testing.assert_allclose(margin, [0.0, 0.0, 20.0], atol=1e-6)
+    with pytest.raises(ValueError, match="two atoms"):
+        structures.column_directions(atoms[:1])
+
+
+def test_rotate_off_columns_keeps_every_view_off_and_the_axis_aligned():
+    tilts = np.arange(-67.5, 68.0, 9.0)
+    atoms = structures.decahedron("Pt", diameter_A=20.0)  # five-fold axis along z
+    off = structures.rotate_off_columns(atoms, tilts, seed=0, align=(0, 0, 1), min_angle_deg=3.0)
+    np.testing.assert_allclose(_pair_distances(off), _pair_distances(atoms), atol=1e-9)
+    margin = structures.column_margin_deg(off, tilts)
+    assert margin.min() >= 3.0
+    np.testing.assert_allclose(margin.min(), off.info["column_margin_deg"], atol=1e-6)
+    r, _ = Rotation.align_vectors(off.positions, atoms.positions)
+    axis = r.apply([0.0, 0.0, 1.0])
+    assert np.degrees(np.arccos(abs(axis[1]))) <= 10.0 + 1e-6  # within 10° of the tilt axis
+    # the unconstrained search also works, and an impossible margin is refused
+    free = structures.rotate_off_columns(atoms, tilts, seed=1, min_angle_deg=1.0, n_trials=256)
+    assert structures.column_margin_deg(free, tilts).min() >= 1.0
+    with pytest.raises(ValueError, match="no rotation found"):
+        structures.rotate_off_columns(atoms, tilts, min_angle_deg=40.0, n_trials=64)
+    with pytest.raises(ValueError, match="align"):
+        structures.rotate_off_columns(atoms, tilts, align=(0, 0))
+    with pytest.raises(ValueError, match="tilt_axis"):
+        structures.rotate_off_columns(atoms, tilts, tilt_axis="q")
