@@ -24,7 +24,7 @@ def _ncc(a, b):
 
 
 def test_the_large_series_are_committed():
-    assert {"pt_deca_d30_a25", "pt_deca_d50_a25"} <= set(NAMES)
+    assert {"pt_deca_d30_a25", "pt_deca_d50_a25", "pt_deca_d55_a35_edge"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -39,6 +39,10 @@ def test_regime_series_matches_its_settings_and_the_truth(name):
     inner, outer = prov["detector_mrad"]
     assert entry["semiangle_mrad"] < inner < outer <= prov["antialias_limit_mrad"] + 1e-6
     assert series.images.dtype == np.float32 and series.images.min() >= 0
+    if entry.get("edge_on", False):  # every view at least 3° off the dense columns
+        assert min(prov["column_margin_deg"]) >= 3.0
+        extent = series.atoms_positions_A.max(0) - series.atoms_positions_A.min(0)
+        assert extent[1] < 0.7 * min(extent[0], extent[2])  # the five-fold axis near y
     vacuum = np.median(series.images[:, :3, :])
     assert vacuum < 1e-3 * series.images.max()  # no bright-field beam on the detector
     # atom-scale detail (a 1.5 Å high-pass) of the truth's projection is in every image;

@@ -22,7 +22,12 @@ import numpy as np
 from atomjax.io import save_tilt_series
 from atomjax.probe import ProbeSettings
 from atomjax.simulate import parse_tilts, simulate_haadf
-from atomjax.structures import decahedron, rotate_off_zone_axes
+from atomjax.structures import (
+    column_margin_deg,
+    decahedron,
+    rotate_off_columns,
+    rotate_off_zone_axes,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 SETTINGS = HERE / "series.json"
@@ -35,10 +40,19 @@ def entries(path: pathlib.Path = SETTINGS) -> list[dict]:
 
 
 def build(entry: dict):
-    """The particle of one entry (Pt decahedron, off the zone axes unless told)."""
+    """The particle of one entry (Pt decahedron, off the zone axes unless told).
+
+    ``"edge_on": true``: the five-fold axis within 10° of the tilt axis, turned so that
+    every view keeps off the dense columns of all five crystals
+    (:func:`rotate_off_columns`); the depth then stays near the diameter at every tilt.
+    """
     if entry["particle"] != "decahedron":
         raise ValueError(f"unknown particle {entry['particle']!r} in {entry['name']}")
     atoms = decahedron(entry["element"], diameter_A=entry["diameter_A"])
+    if entry.get("edge_on", False):
+        return rotate_off_columns(
+            atoms, parse_tilts(entry["tilts"]), seed=entry["seed"], align=(0.0, 0.0, 1.0)
+        )
     return rotate_off_zone_axes(atoms, seed=entry["seed"]) if entry.get("off_zone", True) else atoms
 
 
@@ -56,8 +70,16 @@ def simulate(entry: dict):
         method=entry["method"],
         frozen_phonons=entry["frozen_phonons"],
         seed=entry["seed"],
+        image_shape=entry.get("image_shape"),
     )
-    provenance = dict(series.provenance, regime_entry=entry, n_atoms=len(atoms))
+    provenance = dict(
+        series.provenance,
+        regime_entry=entry,
+        n_atoms=len(atoms),
+        column_margin_deg=[
+            round(float(a), 2) for a in column_margin_deg(atoms, parse_tilts(entry["tilts"]))
+        ],
+    )
     return dataclasses.replace(
         series, images=series.images.astype(np.float32), provenance=provenance
     )
