@@ -197,7 +197,7 @@ def resumed_fit(series, config, folder, probe, background, dtype, method: str):
     params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg,
                     initial_pose(series, config, dtype))  # fmt: skip
     rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
-    optimizer = make_optimizer(method, config.optim, rates)
+    optimizer = make_optimizer(method, config.optim, rates, config.mode == "adaptive")
     params, state = checkpoint.load(folder, (params, optimizer.init(params)))
     fit = FitState(
         params, state, rates, meta["history"], int(meta["phase"]), int(meta.get("step", 0)),
@@ -245,9 +245,9 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         params, rates, history = new_fit(series, config, observed_np, euler, setup, probe,
                                          background, start, initial_positions_A,
                                          progress)  # fmt: skip
-        state = make_optimizer(method, opt, rates).init(params)
+        state = make_optimizer(method, opt, rates, config.mode == "adaptive").init(params)
         fit = FitState(params, state, rates, history)
-    optimizer = make_optimizer(method, opt, fit.rates)
+    optimizer = make_optimizer(method, opt, fit.rates, config.mode == "adaptive")
     if meta is not None and meta.get("angle_chunk"):
         setup = dataclasses.replace(setup, angle_chunk=int(meta["angle_chunk"]))
     else:

@@ -81,6 +81,7 @@ class OptimConfig:
     lm_lambda0: float = 1e-3  # Levenberg–Marquardt: the first damping (× diag of the blocks)
     lm_cg_iterations: int = 4  # conjugate-gradient iterations per step (0: block-Jacobi)
     lm_cg_tol: float = 0.1  # ... stopping at this relative residual
+    lm_probe_steps: int = 10  # adaptive mode: Adam steps on the probe after each LM step
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -120,6 +121,8 @@ class OptimConfig:
             raise ValueError(
                 f"lm_cg_iterations must be an integer ≥ 0, got {self.lm_cg_iterations}"
             )
+        if int(self.lm_probe_steps) != self.lm_probe_steps or self.lm_probe_steps < 0:
+            raise ValueError(f"lm_probe_steps must be an integer ≥ 0, got {self.lm_probe_steps}")
         if not 0 < self.lm_cg_tol < 1:
             raise ValueError(f"lm_cg_tol must lie in (0, 1), got {self.lm_cg_tol}")
 

@@ -48,7 +48,7 @@ from common import machine  # noqa: E402
 MODES = ("direct", "rigid", "adaptive", "adaptive-physical")
 # ablations: rigid with one slice, the in-focus probe at every depth (probe shape, no
 # depth); the pixel probe without its priors (every pixel of every slice free, LOT)
-EXTRA_MODES = ("rigid-flat", "adaptive-lot")
+EXTRA_MODES = ("rigid-flat", "adaptive-lot", "adaptive-adam")
 #: the issue-18 series (benchmarks/regime/, made by make_series.py)
 REGIME = HERE / "regime"
 ROOT = HERE.parent
@@ -144,7 +144,10 @@ def load_series(radius_A: float, args) -> tuple[TiltSeries, TiltSeries, pathlib.
 
 def mode_config(mode_name: str, series: TiltSeries, args) -> ReconstructConfig:
     """``adaptive-physical``: adaptive mode with the physical probe fit; ``rigid-flat``:
-    rigid mode with one slice (the probe at focus convolves every atom)."""
+    rigid mode with one slice (the probe at focus convolves every atom); ``adaptive-lot``:
+    the pixel probe with every slice free and uncentred (LOT's); ``adaptive-adam``: the
+    pixel probe fitted with Adam on everything (the default before Levenberg–Marquardt
+    steps on the atoms with Adam on the probe)."""
     mode, _, variant = mode_name.partition("-")
     lot = variant == "lot"
     return ReconstructConfig(
@@ -155,9 +158,15 @@ def mode_config(mode_name: str, series: TiltSeries, args) -> ReconstructConfig:
         n_slices=1 if variant == "flat" else None,
         probe=PROBE if series.probe is None else None,
         seed=args.seed,
-        optim={}
-        if args.phases is None
-        else {"n_phases": args.phases, "steps_per_phase": args.steps},
+        optim={
+            **(
+                {}
+                if args.phases is None
+                else {"n_phases": args.phases, "steps_per_phase": args.steps}
+            ),
+            **({} if args.lm_probe_steps is None else {"lm_probe_steps": args.lm_probe_steps}),
+            **({"method": "adam"} if variant == "adam" else {}),
+        },
     )
 
 
@@ -243,6 +252,7 @@ REGIME_COLUMNS = [
     ("R", ">6", _cell("r_factor", ".3f")),
     ("time s", ">7", _cell("wall_s", ".1f")),
     ("steps", ">5", _cell("n_steps", "d")),
+    ("optimizer", ">9", _cell("optimizer", "")),
 ]
 
 
@@ -365,6 +375,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--phases", type=int, default=None, help="default 10 (--regime: atomjax's)")
     p.add_argument("--steps", type=int, default=300, help="steps per phase (with --phases)")
+    p.add_argument(
+        "--lm-probe-steps",
+        type=int,
+        default=None,
+        help="adaptive modes: Adam steps on the probe per LM step (default atomjax's; 0: Adam)",
+    )
     p.add_argument(
         "--regime",
         default=None,

@@ -128,12 +128,15 @@ def test_config_refuses_what_lm_cannot_fit():
     from atomjax.optimizers import resolve_method
 
     assert resolve_method(fit.OptimConfig(method="auto"), "direct") == "lm"
-    assert resolve_method(fit.OptimConfig(method="auto"), "adaptive") == "adam"
+    assert resolve_method(fit.OptimConfig(method="auto"), "adaptive") == "lm"
+    assert resolve_method(fit.OptimConfig(method="auto", lm_probe_steps=0), "adaptive") == "adam"
     assert resolve_method(fit.OptimConfig(method="auto", loss="l1"), "rigid") == "adam"
     with pytest.raises(ValueError, match="cannot be used here.*batch_angles"):
         resolve_method(fit.OptimConfig(method="lm", batch_angles=4), "direct")
     with pytest.raises(ValueError, match="lm_cg_iterations"):
         fit.OptimConfig(lm_cg_iterations=-1)
+    with pytest.raises(ValueError, match="lm_probe_steps"):
+        fit.OptimConfig(lm_probe_steps=1.5)
 
 
 def test_no_recompilation_between_pieces_and_phases(compile_counter):
@@ -145,3 +148,43 @@ def test_no_recompilation_between_pieces_and_phases(compile_counter):
     with compile_counter() as counter:
         levenberg.run_steps(new, state, keys, observed, euler, setup, config, rates)
     assert counter.count == 0
+
+
+def test_lm_with_probe_fits_atoms_and_focus_together():
+    """Adaptive mode through Levenberg–Marquardt: LM steps on the atoms with the probe
+    held, Adam steps on the probe with the atoms held. From atoms 0.2 Å off and a focus
+    20 Å off, both come back (widths and amplitudes held at the truth, or the widths
+    absorb the focus); LM alone (the probe held) cannot reach the same loss."""
+    from atomjax import optimizers
+    from atomjax.probe import ProbeSettings
+    from atomjax.render import PhysicalProbe
+
+    rng = np.random.default_rng(2)
+    truth = separated_points(6, rng, 4.0, 2.5)
+    setup = ImagingSetup((40, 40), 0.3, n_slices=4, slice_thickness_A=4.0, max_width_A2=1.0)
+    euler = jnp.asarray(np.deg2rad(euler_from_tilts_deg(np.linspace(-60, 60, 6))))
+    true_probe = PhysicalProbe(ProbeSettings(semiangle_mrad=25.0, defocus_A=30.0))
+    observed = render_series(Atoms.create(truth, 0.5, 0.3), euler, jnp.zeros((6, 3)),
+                             true_probe, setup)  # fmt: skip
+    start = Atoms.create(truth + rng.normal(0, 0.2, truth.shape), 0.5, 0.3, 8)
+    probe = PhysicalProbe(ProbeSettings(semiangle_mrad=25.0, defocus_A=10.0), jnp.zeros(6))
+    params = fit.Params(start, jnp.zeros((6, 3)), probe, None)
+    config = fit.OptimConfig(lm_probe_steps=10, lr_astigmatism_A=0.0, lr_widths_A2=0.0,
+                             lr_amplitudes_rel=0.0, lr_astigmatism_angle_rad=0.0)  # fmt: skip
+    rates = fit.Rates.from_config(config, 0.3)
+    data = optimizers.FitData(observed, euler, setup)
+    keys = jax.random.split(jax.random.PRNGKey(0), 20)
+    losses = {}
+    for fits_probe in (False, True):
+        opt = optimizers.make_optimizer("lm", config, rates, fits_probe=fits_probe)
+        new, state, loss, _ = opt.run(params, opt.init(params), 0, keys, data)
+        losses[fits_probe] = float(jnp.mean((new.images(euler, setup) - observed) ** 2))
+        if fits_probe:
+            focus = float(new.probe.settings.defocus_A) + np.asarray(new.probe.focus_offsets_A)
+            np.testing.assert_allclose(focus, 30.0, atol=3.0)
+            err = np.linalg.norm(np.asarray(new.atoms.positions_A[:6]) - truth, axis=1)
+            assert err.max() < 0.05, err
+            assert set(opt.describe(state)) == {"lm_lambda", "lr_scale"}
+        else:
+            assert float(new.probe.settings.defocus_A) == 10.0  # held
+    assert losses[True] < 0.1 * losses[False]
