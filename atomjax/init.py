@@ -6,9 +6,9 @@
 * ``"peaks"``: local maxima of a quick SIRT tomogram (:mod:`atomjax.tomogram`).
 
 The support is where the Gaussian-smoothed tomogram exceeds ``support_fraction`` of
-its maximum. The tomogram is a cube whose side is the field of view
-min(nu, nv) · pixel_size_A, or a box of ``box_A`` (x, y, z) Å (e.g. a film wider along
-one image axis than the other), on the grid of :func:`atomjax.tomogram.volume_grid_A`.
+its maximum. The tomogram spans the field of view, (nu, nv, max(nu, nv)) ·
+pixel_size_A along (x, y, z), or a box of ``box_A`` (x, y, z) Å (e.g. a film thinner
+than it is wide), on the grid of :func:`atomjax.tomogram.volume_grid_A`.
 Images are the normalised tilt series (values in [0, 1], see
 :func:`atomjax.data.normalise_series`); angles in degrees; drift_A may be None.
 """
@@ -56,8 +56,9 @@ class InitConfig:
     n_random: number of random atoms; None: as many as the grid method would place.
     seed: random seed of the random method.
     box_A: (x, y, z) size in Å of the volume searched for atoms (the tomogram, and the
-      residual searched for missing atoms); None: a cube of side min(nu, nv) · pixel.
-    field_of_view: reconstruct only voxels every image sees (no streaks in the cube's
+      residual searched for missing atoms); None: the field of view, (nu, nv, max(nu, nv))
+      · pixel (a cube for square images).
+    field_of_view: reconstruct only voxels every image sees (no streaks in the box's
       corners); False lets initial atoms lie where only some images look (a film
       extending past the crop, with a wide ``box_A``).
     """
@@ -123,10 +124,13 @@ def _check_config(config) -> InitConfig:
 def volume_shape(
     image_shape, pixel_size_A: float, voxel_size_A: float, box_A=None
 ) -> tuple[int, int, int]:
-    """Voxels per axis of the searched volume: ``box_A`` (x, y, z) Å, or a cube of side
-    min(nu, nv) · pixel_size_A; each size / voxel_size_A rounded, at least 1."""
+    """Voxels per axis of the searched volume: ``box_A`` (x, y, z) Å, or the field of
+    view, (nu, nv, max(nu, nv)) · pixel_size_A (x along u and y along v at zero tilt; a
+    particle turned about y can be as deep as the field is wide); each size /
+    voxel_size_A rounded, at least 1."""
     if box_A is None:
-        box_A = (min(image_shape) * pixel_size_A,) * 3
+        nu, nv = image_shape
+        box_A = (nu * pixel_size_A, nv * pixel_size_A, max(nu, nv) * pixel_size_A)
     return tuple(max(1, int(round(b / voxel_size_A))) for b in box_A)
 
 
@@ -138,7 +142,7 @@ def tomogram(
     config: InitConfig | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """SIRT tomogram over a cube of side min(nu, nv) · pixel_size_A, or config.box_A.
+    """SIRT tomogram over the field of view (:func:`volume_shape`), or config.box_A.
 
     The voxel count per axis is that side / config.voxel_size_A rounded to an integer
     (at least 1, :func:`volume_shape`). Returns (volume (nx, ny, nz), voxel_size_A).

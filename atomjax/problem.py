@@ -32,7 +32,7 @@ from .render import (
 
 def make_setup(series: TiltSeries, config) -> ImagingSetup:
     nu, nv = series.image_shape
-    fov_A = min(nu, nv) * series.pixel_size_A
+    fov_A = max(nu, nv) * series.pixel_size_A  # the deepest a particle in the field can be
     n_slices = config.n_slices or max(1, math.ceil(fov_A / config.slice_thickness_A))
     return ImagingSetup(
         (nu, nv),

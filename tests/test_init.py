@@ -43,7 +43,8 @@ def test_tomogram_cube_covers_field_of_view(particle, volume):
     _, euler, images = particle
     cfg = ainit.InitConfig(voxel_size_A=0.7, sirt_iterations=1)
     vol2, vox2 = ainit.tomogram(images[:, :, :40], euler, None, PX, cfg)
-    assert vox2 == 0.7 and vol2.shape == (14, 14, 14)  # round(40 · 0.25 / 0.7)
+    # round(48 · 0.25 / 0.7), round(40 · 0.25 / 0.7), and as deep as the wider side
+    assert vox2 == 0.7 and vol2.shape == (17, 14, 17)
 
 
 def test_box_sizes_the_tomogram_and_field_of_view_can_be_widened(particle):
@@ -57,7 +58,8 @@ def test_box_sizes_the_tomogram_and_field_of_view_can_be_widened(particle):
     assert np.all(vol[outer] == 0)
     wide, _ = ainit.tomogram(images, euler, None, PX, dataclasses.replace(cfg, field_of_view=False))
     assert np.any(wide[outer] != 0)
-    assert ainit.volume_shape((48, 40), PX, 0.5) == (20, 20, 20)  # the narrower side
+    # the field of view, as deep as it is wide: a rectangular field keeps every atom
+    assert ainit.volume_shape((48, 40), PX, 0.5) == (24, 20, 24)
 
 
 def test_peaks_recover_every_atom_and_no_extra(particle):
