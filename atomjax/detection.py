@@ -62,6 +62,7 @@ __all__ = [
     "Rule",
     "ThresholdRule",
     "amplitude_sums",
+    "capped_prune",
     "make_rule",
     "significance",
     "split_gains",
@@ -71,6 +72,9 @@ __all__ = [
 RULES = adapt.DETECTION_RULES
 #: the pairs a wide atom is tried as: halves this many × adapt.min_distance_A apart
 SPLIT_SEPARATIONS = (1.05, 1.35)
+#: adapt.max_prune_fraction defers the pruning only of atoms with z ≥ this × z* (and the
+#: intensity floor); the rest go at once
+DEFER_Z_FRACTION = 0.5
 
 
 def _window(coord_A, n_pix: int, pixel_size_A: float, radius_px: int):
@@ -368,6 +372,24 @@ def threshold_z(config, n_pixels: int) -> float:
     return float(np.sqrt(N_PARAMS * np.log(max(n_pixels, 2))))
 
 
+def capped_prune(keep: np.ndarray, score: np.ndarray, max_fraction: float | None) -> np.ndarray:
+    """``keep`` with at most floor(max_fraction × n) atoms dropped: beyond that the
+    dropped atoms of the highest finite ``score`` stay (−inf: never deferred; None:
+    ``keep`` as it is)."""
+    keep = np.asarray(keep, bool)
+    score = np.asarray(score, float)
+    if max_fraction is None:
+        return keep
+    dropped = np.flatnonzero(~keep & np.isfinite(score))
+    excess = int(np.sum(~keep)) - int(np.floor(max_fraction * keep.size))
+    if excess <= 0 or len(dropped) == 0:
+        return keep
+    rescued = dropped[np.argsort(-score[dropped], kind="stable")[:excess]]
+    out = keep.copy()
+    out[rescued] = True
+    return out
+
+
 def _max_new(n: int, config) -> int:
     return max(1, int(np.floor(config.max_add_fraction * n)))
 
@@ -416,7 +438,11 @@ class LikelihoodRule:
         test = significance(pos, widths, amps, ctx.observed, calc, ctx.euler_rad, ctx.drift_A,
                             ctx.setup, ctx.loss)  # fmt: skip
         bright = amps * widths >= ctx.config.min_intensity_fraction * np.median(amps * widths)
-        return (test["z"] >= threshold_z(ctx.config, np.size(ctx.observed))) & bright
+        z_star = threshold_z(ctx.config, np.size(ctx.observed))
+        keep = (test["z"] >= z_star) & bright
+        deferrable = bright & (test["z"] >= DEFER_Z_FRACTION * z_star)
+        return capped_prune(keep, np.where(deferrable, test["z"], -np.inf),
+                            ctx.config.max_prune_fraction)  # fmt: skip
 
     def split(self, pos, widths, amps, ctx):
         """Atoms wider than split_width_ratio × the median width are tried as pairs

@@ -419,6 +419,7 @@ def test_bad_inputs_raise():
         ({"add": "yes"}, "add"),
         ({"add_fraction": -1.0}, "add_fraction"),
         ({"max_add_fraction": 2.0}, "max_add_fraction"),
+        ({"max_prune_fraction": -0.5}, "max_prune_fraction"),
     ],
 )
 def test_config_validation(kwargs, name):

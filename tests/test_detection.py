@@ -190,6 +190,52 @@ def test_atoms_below_the_intensity_floor_go_even_when_significant():
     assert counts == {0.1: 1, 0.0: 0}, counts
 
 
+def test_pruning_is_capped_and_the_least_supported_go_first():
+    """The threshold set above every true atom's z (as when misfit inflates the noise
+    early in a fit), ten atoms where the data hold none: without a cap all 29 go; with
+    max_prune_fraction 0.2 only the ten unsupported go (z < 0), and the true atoms
+    (z* / 2 ≤ z < z*) are deferred to the next step."""
+    from atomjax.adapt_step import adapt_step
+
+    euler_deg, euler, setup, config = geometry()
+    heavy, _, _, _, _, _ = cluster_with_one_more(0.06, euler_deg, setup)
+    clean = render(heavy, 0.6, np.full(len(heavy), 0.3), euler_deg, setup)
+    background = 0.2 * clean.max()
+    observed = jnp.asarray(noisy(clean, "gaussian", np.random.default_rng(4), background))
+    spurious = np.random.default_rng(0).uniform(-9, 9, (40, 3))
+    far = np.min(np.linalg.norm(spurious[:, None] - heavy, axis=2), 1) > 3.0
+    spurious = spurious[far][:10]
+    model = np.vstack([heavy, spurious])
+    amps = np.r_[np.full(len(heavy), 0.3), np.full(len(spurious), 0.03)]
+    calc = render(model, 0.6, amps, euler_deg, setup, background)
+    z = detection.significance(model, 0.6, amps, observed, calc, euler, jnp.zeros((M, 3)),
+                               setup)["z"]  # fmt: skip
+    z_star = 1.2 * z[: len(heavy)].min()
+    assert np.all(z[: len(heavy)] >= detection.DEFER_Z_FRACTION * z_star), z[: len(heavy)]
+    assert np.all(z[len(heavy) :] < detection.DEFER_Z_FRACTION * z_star), z[len(heavy) :]
+    params = fit.Params(Atoms.create(model, 0.6, amps, capacity=64), jnp.zeros((M, 3)), None,
+                        jnp.full(M, background))  # fmt: skip
+    pruned = {}
+    for cap in (None, 0.2):
+        cfg = dataclasses.replace(config, adapt=AdaptConfig(
+            significance_z=float(z_star), max_prune_fraction=cap, add=False,
+            split_width_ratio=None))  # fmt: skip
+        new, _, counts = adapt_step(params, observed, euler, setup, cfg)
+        pruned[cap] = counts["pruned"]
+        if cap is not None:  # every true atom deferred
+            kept = new.atoms.alive_numpy()["positions_A"]
+            assert len(kept) == len(heavy)
+            assert all(np.min(np.linalg.norm(kept - h, axis=1)) < 1e-4 for h in heavy)
+    assert pruned == {None: len(model), 0.2: len(spurious)}, pruned
+    # the cap alone: 1 of 4 may go, the two of the highest finite scores are deferred
+    keep = np.array([True, False, False, False])
+    assert detection.capped_prune(keep, [9.0, 1.0, 3.0, 2.0], 0.25).tolist() == [
+        True, False, True, True]  # fmt: skip
+    assert detection.capped_prune(keep, [9.0, 1.0, -np.inf, 2.0], 0.25).tolist() == [
+        True, True, False, True]  # fmt: skip
+    assert detection.capped_prune(keep, [9.0, 1.0, 3.0, 2.0], None).tolist() == keep.tolist()
+
+
 @pytest.mark.parametrize("poisson", [False, True])
 def test_split_gains_equal_the_dense_likelihood_change(poisson):
     """The gain in 2 log L of replacing an atom by a pair, against the two models
