@@ -23,6 +23,7 @@ from atomjax.io import save_tilt_series
 from atomjax.probe import ProbeSettings
 from atomjax.simulate import parse_tilts, simulate_haadf
 from atomjax.structures import (
+    amorphous,
     column_margin_deg,
     decahedron,
     rotate_off_columns,
@@ -40,12 +41,15 @@ def entries(path: pathlib.Path = SETTINGS) -> list[dict]:
 
 
 def build(entry: dict):
-    """The particle of one entry (Pt decahedron, off the zone axes unless told).
+    """The particle of one entry: a decahedron (off the zone axes unless told) or an
+    amorphous sphere (random sequential addition, no columns to avoid).
 
     ``"edge_on": true``: the five-fold axis within 10° of the tilt axis, turned so that
     every view keeps off the dense columns of all five crystals
     (:func:`rotate_off_columns`); the depth then stays near the diameter at every tilt.
     """
+    if entry["particle"] == "amorphous":
+        return amorphous(entry["element"], radius_A=entry["diameter_A"] / 2, seed=entry["seed"])
     if entry["particle"] != "decahedron":
         raise ValueError(f"unknown particle {entry['particle']!r} in {entry['name']}")
     atoms = decahedron(entry["element"], diameter_A=entry["diameter_A"])
@@ -72,13 +76,14 @@ def simulate(entry: dict):
         seed=entry["seed"],
         image_shape=entry.get("image_shape"),
     )
+    # an amorphous particle has no columns to keep off
+    margins = (
+        None
+        if entry["particle"] == "amorphous"
+        else [round(float(a), 2) for a in column_margin_deg(atoms, parse_tilts(entry["tilts"]))]
+    )
     provenance = dict(
-        series.provenance,
-        regime_entry=entry,
-        n_atoms=len(atoms),
-        column_margin_deg=[
-            round(float(a), 2) for a in column_margin_deg(atoms, parse_tilts(entry["tilts"]))
-        ],
+        series.provenance, regime_entry=entry, n_atoms=len(atoms), column_margin_deg=margins
     )
     return dataclasses.replace(
         series, images=series.images.astype(np.float32), provenance=provenance
