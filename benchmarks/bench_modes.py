@@ -34,12 +34,15 @@ import jax
 import numpy as np
 
 import atomjax
+from atomjax.atoms import Atoms
 from atomjax.data import TiltSeries
 from atomjax.geometry import rotation_matrix
 from atomjax.io import load_tilt_series
 from atomjax.metrics import r_factor_series
 from atomjax.outputs import to_jsonable
+from atomjax.problem import make_probe, make_setup
 from atomjax.reconstruct import ReconstructConfig, reconstruct
+from atomjax.render import render_tilt_series
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_reconstruct import HERE, PROBE, make_series, metric_columns  # noqa: E402
@@ -387,6 +390,18 @@ def main(argv=None) -> None:
         help="comma list of benchmarks/regime/ series (make_series.py) instead of Au spheres; "
         "writes results_modes_regime.json (rows added to it, by series and mode)",
     )
+    p.add_argument(
+        "--linear",
+        action="store_true",
+        help="--regime: fit each series' linear twin instead (the true atoms through "
+        "rigid mode's own model: the channelling-off ablation); rows named SERIES+linear",
+    )
+    p.add_argument(
+        "--diameter-A",
+        type=float,
+        default=None,
+        help="--linear: the particle built afresh at this diameter (rows SERIES+linear_dD)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simulate-only", action="store_true", help="fill the cache, fit nothing")
     p.add_argument("--quick", action="store_true", help="r = 5 Å, 2 × 20 steps, output in /tmp")
@@ -401,6 +416,8 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_modes"))
     p.add_argument("--replot", action="store_true", help="redraw --figure from --out; no fits")
     args = p.parse_args(argv)
+    if args.diameter_A is not None and not (args.regime and args.linear):
+        p.error("--diameter-A goes with --regime and --linear")
     if args.regime:
         return run_regime(args, argv)
     if args.phases is None:
@@ -518,14 +535,105 @@ def phonon_floor_pm(series: TiltSeries) -> float | None:
     return float(100 * np.sqrt(var / configs * np.trace(np.linalg.inv(normal))))
 
 
-def load_regime(name: str, dose_e_per_A2: float, seed: int) -> tuple[TiltSeries, TiltSeries]:
-    """(expected, noisy) images of a committed regime series, Poisson counts at the dose."""
+def load_regime(
+    name: str, dose_e_per_A2: float, seed: int, linear: bool = False, diameter_A=None
+) -> tuple[TiltSeries, TiltSeries]:
+    """(expected, noisy) images of a committed regime series (or of its
+    :func:`linear_twin`, at ``diameter_A``: :func:`scaled_twin`), Poisson counts at the
+    dose."""
     path = REGIME / f"{name}.npz"
     if not path.is_file():
         raise SystemExit(f"no regime series {path}; run benchmarks/regime/make_series.py")
     clean = load_tilt_series(path)
     clean = dataclasses.replace(clean, images=clean.images.astype(float))
+    if linear:
+        clean = linear_twin(clean) if diameter_A is None else scaled_twin(name, clean, diameter_A)
+        print(f"{name}{TWIN_SUFFIX}: {clean.provenance['linear_twin']}", flush=True)
     return clean, with_poisson_noise(clean, dose_e_per_A2, seed)
+
+
+#: a regime series' linear twin is named like this (``--linear``)
+TWIN_SUFFIX = "+linear"
+#: the atom widths (Å²) a linear twin tries; the best fits the PRISM images
+TWIN_WIDTHS_A2 = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+
+
+def species_images(series: TiltSeries, names: list[str], width_A2: float):
+    """(pixels, species) images of ``series``' true atoms of each species (amplitude 1,
+    width ``width_A2``) through rigid mode's model, and its number of slices."""
+    config = ReconstructConfig(mode="rigid", probe=PROBE if series.probe is None else None)
+    setup = make_setup(series, config)
+    probe = make_probe(series, config, setup)
+    species = np.asarray(series.atoms_species)
+    columns = [
+        np.asarray(render_tilt_series(
+            Atoms.create(series.atoms_positions_A[species == name], width_A2, 1.0),
+            series.euler_deg, setup, probe, series.drift_A)).ravel()
+        for name in names
+    ]  # fmt: skip
+    return np.stack(columns, axis=1), setup.n_slices
+
+
+def linear_twin(clean: TiltSeries, widths_A2=TWIN_WIDTHS_A2) -> TiltSeries:
+    """The series that rigid mode models exactly: the true atoms rendered by atomjax's
+    depth-dependent incoherent model (the series' probe, the rigid fit's slices), with
+    one width (the best of ``widths_A2``) and one amplitude per species fitted by least
+    squares to ``clean``'s images.
+
+    What sets ``clean`` apart from its twin is what that model leaves out: channelling,
+    cross-talk between columns, the sub-linear growth with thickness. The R-factor of the
+    twin against ``clean`` (``provenance["linear_twin"]["r_factor_against_prism"]``)
+    measures it; the twin has no phonons, hence no phonon floor.
+    """
+    names = sorted(set(np.asarray(clean.atoms_species).tolist()))
+    observed = np.asarray(clean.images, float).ravel()
+    best = None
+    for width in widths_A2:
+        columns, n_slices = species_images(clean, names, width)
+        coef = np.linalg.lstsq(columns, observed, rcond=None)[0]
+        cost = float(np.sum((observed - columns @ coef) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, width, coef, columns @ coef)
+    _, width, coef, model = best
+    images = model.reshape(clean.images.shape)
+    r = r_factor_series(clean.images, images).mean
+    twin = {"width_A2": float(width), "amplitudes": dict(zip(names, map(float, coef), strict=True)),
+            "n_slices": n_slices, "r_factor_against_prism": float(r)}  # fmt: skip
+    provenance = dict(clean.provenance, linear_twin=twin, frozen_phonons=None)
+    return dataclasses.replace(clean, images=images, provenance=provenance)
+
+
+def scaled_twin(name: str, clean: TiltSeries, diameter_A: float) -> TiltSeries:
+    """The linear twin of series ``name`` (``clean``) with its particle built afresh at
+    ``diameter_A`` by ``make_series.build`` (the same kind, orientation rule and seed),
+    seen at the same tilts, probe, pixels and margin, with the twin's width and
+    amplitudes: sizes PRISM does not reach on this machine."""
+    sys.path.insert(0, str(REGIME))
+    import make_series
+
+    info = linear_twin(clean).provenance["linear_twin"]
+    entry = {**next(e for e in make_series.entries() if e["name"] == name),
+             "diameter_A": float(diameter_A)}  # fmt: skip
+    atoms = make_series.build(entry)
+    pos = atoms.positions - atoms.positions.mean(0)
+    views = np.einsum("mij,nj->mni", np.asarray(rotation_matrix(clean.euler_rad), float), pos)
+    half = np.abs(views[..., :2]).max(axis=(0, 1)) + clean.provenance["margin_A"]
+    shape = tuple(2 * int(np.ceil(h / clean.pixel_size_A)) for h in half)
+    species = np.asarray(atoms.get_chemical_symbols())
+    names = sorted(info["amplitudes"])
+    if set(species.tolist()) != set(names):
+        raise SystemExit(f"{name}: the scaled particle's species differ from the series'")
+    big = dataclasses.replace(
+        clean, images=np.zeros((clean.n_angles, *shape)), atoms_positions_A=pos,
+        atoms_species=species, drift_A=None,
+    )  # fmt: skip
+    columns, n_slices = species_images(big, names, info["width_A2"])
+    images = (columns @ np.array([info["amplitudes"][n] for n in names])).reshape(big.images.shape)
+    twin = {**info, "n_slices": n_slices, "r_factor_against_prism": None,
+            "scaled_from": name, "diameter_A": float(diameter_A)}  # fmt: skip
+    provenance = dict(clean.provenance, regime_entry=entry, linear_twin=twin,
+                      frozen_phonons=None, image_shape=list(shape), n_atoms=len(pos))  # fmt: skip
+    return dataclasses.replace(big, images=images, provenance=provenance)
 
 
 def regime_record(name: str, clean: TiltSeries, noisy: TiltSeries) -> dict:
@@ -557,7 +665,7 @@ def regime_figure(result: dict, path: pathlib.Path) -> None:
     rows = result["rows"]
     names = [s["series"] for s in result["sizes"]]
     modes = [m for m in MODES + EXTRA_MODES if any(r["mode"] == m for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)) + 2.5, 4.5))
     width = 0.8 / max(1, len(modes))
     for i, mode in enumerate(modes):
         y = [
@@ -576,10 +684,10 @@ def regime_figure(result: dict, path: pathlib.Path) -> None:
     ax.plot(np.arange(len(names)), both, "r_", ms=30, mew=2, label="CRB ⊕ one-phonon floor")
     ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("RMSD (pm)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     ax.grid(alpha=0.3, axis="y")
     dose = result["settings"]["dose_e_per_A2"]
-    ax.set_title(f"Pt decahedra, PRISM HAADF, frozen phonons, dose {dose:g} e/Å²", fontsize=9)
+    ax.set_title(f"PRISM HAADF with frozen phonons, dose {dose:g} e/Å²", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -596,6 +704,8 @@ def run_regime(args, argv) -> None:
     result = json.loads(out.read_text()) if out.exists() else None
     if args.replot and result is not None:  # refresh the analytic floors, redraw
         for size in result["sizes"]:
+            if size["series"].endswith(TWIN_SUFFIX):
+                continue  # no phonons
             size["phonon_floor_pm"] = phonon_floor_pm(
                 load_tilt_series(REGIME / f"{size['series']}.npz")
             )
@@ -623,7 +733,11 @@ def run_regime(args, argv) -> None:
         "atomjax_sources_sha256": sources_sha256(),
     })  # fmt: skip
     for name in args.regime.split(","):
-        clean, noisy = load_regime(name, args.dose_e_per_A2, args.seed)
+        clean, noisy = load_regime(name, args.dose_e_per_A2, args.seed, args.linear,
+                                   args.diameter_A)  # fmt: skip
+        name += (TWIN_SUFFIX if args.linear else "") + (
+            f"_d{args.diameter_A:g}" if args.diameter_A else ""
+        )
         record = regime_record(name, clean, noisy)
         result["sizes"] = [s for s in result["sizes"] if s["series"] != name] + [record]
         print(f"{name}: {record['n_atoms']} atoms, {record['semiangle_mrad']:g} mrad", flush=True)

@@ -93,3 +93,62 @@ def test_phonon_floor_equals_the_spread_of_least_squares_positions():
     monte_carlo = 100 * np.sqrt((fitted**2).sum(1).mean())
     assert floor == pytest.approx(monte_carlo, rel=0.02)
     assert bench_modes.phonon_floor_pm(series.replace(provenance={"frozen_phonons": 0})) is None
+
+
+def test_linear_twin_recovers_the_model_that_made_the_images():
+    """bench_modes.linear_twin on images rigid mode's own model made (two species, known
+    width and amplitudes): it finds them again and matches the images (R ≈ 0); on
+    images of a wider atom it picks that width instead."""
+    import sys
+
+    sys.path.insert(0, str(REGIME.parent))
+    import bench_modes
+
+    from atomjax.data import TiltSeries
+    from atomjax.geometry import euler_from_tilts_deg
+    from atomjax.probe import ProbeSettings
+    from atomjax.problem import make_probe, make_setup
+    from atomjax.reconstruct import ReconstructConfig
+
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(-4.0, 4.0, size=(12, 3))
+    species = np.array(["Pt"] * 6 + ["Ni"] * 6)
+    euler = euler_from_tilts_deg(np.arange(-60.0, 61.0, 30.0))
+    probe = ProbeSettings(energy_eV=300e3, semiangle_mrad=35.0)
+    empty = TiltSeries(np.zeros((len(euler), 40, 40)), euler, 0.4, probe=probe,
+                       atoms_positions_A=pos, atoms_species=species)  # fmt: skip
+    config = ReconstructConfig(mode="rigid")
+    setup = make_setup(empty, config)
+    stack = make_probe(empty, config, setup)
+    for width in (0.15, 0.4):
+        amps = np.where(species == "Pt", 3.0, 1.2)
+        images = render_tilt_series(Atoms.create(pos, width, amps), euler, setup, stack)
+        twin = bench_modes.linear_twin(empty.replace(images=np.asarray(images, float)))
+        info = twin.provenance["linear_twin"]
+        assert info["width_A2"] == width
+        assert info["amplitudes"]["Pt"] == pytest.approx(3.0, rel=1e-6)
+        assert info["amplitudes"]["Ni"] == pytest.approx(1.2, rel=1e-6)
+        assert info["r_factor_against_prism"] < 1e-6
+        np.testing.assert_allclose(twin.images, images, atol=1e-9 * float(np.max(images)))
+        assert twin.provenance["frozen_phonons"] is None
+
+
+def test_scaled_twin_at_the_series_own_size_is_its_linear_twin():
+    """bench_modes.scaled_twin rebuilds the particle from series.json: at the committed
+    diameter it gives the same atoms, field of view and images as linear_twin."""
+    import sys
+
+    sys.path.insert(0, str(REGIME.parent))
+    import bench_modes
+
+    name = "pt_deca_d30_a35"
+    clean = load_tilt_series(REGIME / f"{name}.npz")
+    clean = clean.replace(images=np.asarray(clean.images, float))
+    twin = bench_modes.linear_twin(clean)
+    scaled = bench_modes.scaled_twin(name, clean, 30.0)
+    np.testing.assert_allclose(scaled.atoms_positions_A, clean.atoms_positions_A, atol=1e-9)
+    assert scaled.images.shape == clean.images.shape
+    np.testing.assert_allclose(scaled.images, twin.images, rtol=0, atol=1e-9 * twin.images.max())
+    bigger = bench_modes.scaled_twin(name, clean, 40.0)
+    assert len(bigger.atoms_positions_A) > 1.5 * len(clean.atoms_positions_A)
+    assert min(bigger.images.shape[1:]) > min(clean.images.shape[1:])
