@@ -656,38 +656,58 @@ def regime_record(name: str, clean: TiltSeries, noisy: TiltSeries) -> dict:
     }
 
 
+def _regime_panel(ax, rows, sizes, modes) -> None:
+    """RMSD bars per series and mode, with the rigid CRB and its sum with the phonon floor."""
+    names = [s["series"] for s in sizes]
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(modes))
+
+    def value(key, name, mode):
+        found = (r[key] for r in rows if r["series"] == name and r["mode"] == mode)
+        return next((np.nan if v is None else v for v in found), np.nan)
+
+    for i, mode in enumerate(modes):
+        y = [value("rmsd_pm", n, mode) for n in names]
+        ax.bar(x + (i - (len(modes) - 1) / 2) * width, y, width, label=mode, color=f"C{i}")
+    floor = np.array([value("predicted_rmsd_pm", n, "rigid") for n in names])
+    ax.plot(x, floor, "k_", ms=30, mew=2, label="rigid CRB (predicted σ)")
+    phonon = np.array([s["phonon_floor_pm"] or np.nan for s in sizes])
+    ax.plot(x, np.hypot(floor, phonon), "r_", ms=30, mew=2, label="CRB ⊕ one-phonon floor")
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("RMSD (pm)")
+    ax.grid(alpha=0.3, axis="y")
+
+
 def regime_figure(result: dict, path: pathlib.Path) -> None:
+    """PRISM series on the left; their linear twins (``--linear``), on their own
+    scale, on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    names = [s["series"] for s in result["sizes"]]
     modes = [m for m in MODES + EXTRA_MODES if any(r["mode"] == m for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)) + 2.5, 4.5))
-    width = 0.8 / max(1, len(modes))
-    for i, mode in enumerate(modes):
-        y = [
-            next((r["rmsd_pm"] for r in rows if r["series"] == n and r["mode"] == mode), np.nan)
-            for n in names
-        ]
-        ax.bar(np.arange(len(names)) + (i - (len(modes) - 1) / 2) * width, y, width, label=mode)
-    floor = [
-        next((r["predicted_rmsd_pm"] for r in rows if r["series"] == n and r["mode"] == "rigid"),
-             np.nan)
-        for n in names
-    ]  # fmt: skip
-    ax.plot(np.arange(len(names)), floor, "k_", ms=30, mew=2, label="rigid CRB (predicted σ)")
-    phonon = [s["phonon_floor_pm"] or np.nan for s in result["sizes"]]
-    both = np.hypot(floor, phonon)
-    ax.plot(np.arange(len(names)), both, "r_", ms=30, mew=2, label="CRB ⊕ one-phonon floor")
-    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("RMSD (pm)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
-    ax.grid(alpha=0.3, axis="y")
+    sizes = sorted(result["sizes"], key=lambda s: (s["series"][:2], s["n_atoms"], s["series"]))
+    prism = [s for s in sizes if TWIN_SUFFIX not in s["series"]]  # Pt, then Si; by size
+    twins = [s for s in sizes if TWIN_SUFFIX in s["series"]]
     dose = result["settings"]["dose_e_per_A2"]
-    ax.set_title(f"PRISM HAADF with frozen phonons, dose {dose:g} e/Å²", fontsize=9)
+    panels = [
+        (group, title)
+        for group, title in (
+            (prism, f"PRISM HAADF with frozen phonons, dose {dose:g} e/Å²"),
+            (twins, "linear twins: rigid mode's own model (no channelling, no phonons)"),
+        )
+        if group
+    ]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.1 * sum(len(g) for g, _ in panels) + 4.5, 4.8),
+        squeeze=False, gridspec_kw={"width_ratios": [max(2, len(g)) for g, _ in panels]},
+    )  # fmt: skip
+    for ax, (group, title) in zip(axes[0], panels, strict=True):
+        _regime_panel(ax, rows, group, modes)
+        ax.set_title(title, fontsize=9)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -704,7 +724,7 @@ def run_regime(args, argv) -> None:
     result = json.loads(out.read_text()) if out.exists() else None
     if args.replot and result is not None:  # refresh the analytic floors, redraw
         for size in result["sizes"]:
-            if size["series"].endswith(TWIN_SUFFIX):
+            if TWIN_SUFFIX in size["series"]:
                 continue  # no phonons
             size["phonon_floor_pm"] = phonon_floor_pm(
                 load_tilt_series(REGIME / f"{size['series']}.npz")
