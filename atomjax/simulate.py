@@ -58,6 +58,7 @@ from .units import wavelength_A
 __all__ = [
     "TILT_PRESETS",
     "tilt_scheme",
+    "fitted_image_shape",
     "max_detector_angle_mrad",
     "PHONON_SIGMA_A",
     "simulate_fast",
@@ -197,6 +198,19 @@ def _image_shape(
     extent = radius_A + np.abs(drift[:, :2]).max() + margin_A
     n = 2 * int(math.ceil(extent / pixel_size_A))
     return n, n
+
+
+def fitted_image_shape(
+    positions_A, angles_deg, pixel_size_A: float, margin_A: float = 4.0, drift_A=None
+) -> tuple[int, int]:
+    """The (nu, nv) that ``image_shape="fit"`` gives the simulators: the even shape
+    holding every view's projection of ``positions_A`` (Å, about the rotation centre)
+    at ``angles_deg``, with ``drift_A`` ((m, 3) or None) and ``margin_A`` on each side."""
+    euler = _as_euler_deg(angles_deg)
+    drift = np.zeros((euler.shape[0], 3)) if drift_A is None else np.asarray(drift_A, float)
+    views = np.einsum("mij,nj->mni", _rotations(euler), np.asarray(positions_A, float))
+    return _image_shape("fit", 0.0, drift, _check_pixel("pixel_size_A", pixel_size_A),
+                        margin_A, views=views)  # fmt: skip
 
 
 def _check_inside(uvw: np.ndarray, shape, pixel_size_A: float, j: int) -> None:

@@ -43,6 +43,7 @@ from atomjax.outputs import to_jsonable
 from atomjax.problem import make_probe, make_setup
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 from atomjax.render import render_tilt_series
+from atomjax.simulate import fitted_image_shape
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_reconstruct import HERE, PROBE, make_series, metric_columns  # noqa: E402
@@ -615,10 +616,9 @@ def scaled_twin(name: str, clean: TiltSeries, diameter_A: float) -> TiltSeries:
     entry = {**next(e for e in make_series.entries() if e["name"] == name),
              "diameter_A": float(diameter_A)}  # fmt: skip
     atoms = make_series.build(entry)
-    pos = atoms.positions - atoms.positions.mean(0)
-    views = np.einsum("mij,nj->mni", np.asarray(rotation_matrix(clean.euler_rad), float), pos)
-    half = np.abs(views[..., :2]).max(axis=(0, 1)) + clean.provenance["margin_A"]
-    shape = tuple(2 * int(np.ceil(h / clean.pixel_size_A)) for h in half)
+    pos = atoms.positions  # about the rotation centre, as simulate_haadf takes them
+    shape = fitted_image_shape(pos, clean.euler_deg, clean.pixel_size_A,
+                               clean.provenance["margin_A"])  # fmt: skip
     species = np.asarray(atoms.get_chemical_symbols())
     names = sorted(info["amplitudes"])
     if set(species.tolist()) != set(names):

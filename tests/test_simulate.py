@@ -293,6 +293,7 @@ def test_fitted_image_shape_holds_every_view_and_crops_the_square_one():
     a, b = (su - nu) // 2, (sv - nv) // 2
     crop = square.images[:, a : a + nu, b : b + nv]
     assert np.abs(crop - fit.images).max() < 1e-3 * fit.images.max()
+    assert simulate.fitted_image_shape(atoms.positions, [-60.0, 0.0, 60.0], 0.5) == (nu, nv)
     with pytest.raises(ValueError, match="'fit'"):
         simulate.simulate_fast(atoms, [0.0], image_shape="tight", **kw)
 
