@@ -16,6 +16,13 @@ rates at 0.75 Å per species (FP per species: found atoms given that species and
 matching no true atom), RMSD per species, species accuracy over the matched atoms,
 wall time. The voxel baselines find no species: their rows give the totals.
 
+``--seeds 0,1,2``: each case once per seed (each seed its own series: new noise, and a
+new particle where the structure is random), then the mean and range over them. The
+amorphous fits land in different local minima with small changes (another CPU's
+rounding, another seed), so at low dose one seed's figure is one draw from a wide spread.
+``--settings JSON``: atomjax settings merged over every case's (to measure a candidate
+default next to today's on the same series).
+
 ``--scaling``: the time of the whole test (every atom's z, :func:`atomjax.detection.
 significance`) against the number of atoms, on amorphous Si particles of 1k-16k atoms
 (random images: the cost does not depend on their values), 30 images at 0.5 Å.
@@ -27,6 +34,7 @@ significance`) against the number of atoms, on amorphous Si particles of 1k-16k 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -36,8 +44,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     best_time,
+    deep_merge,
     fbp_volume,
     machine,
+    over_seeds,
+    parse_seeds,
     sart_volume,
     single_axis_tilts_deg,
     trace_atoms,
@@ -107,11 +118,14 @@ def counts_per_pixel(series) -> float | None:
     return float(images[images > 0.1 * images.max()].mean())
 
 
-def run_case(name: str, seed: int, baselines: bool) -> list[dict]:
+def run_case(name: str, seed: int, baselines: bool, settings: dict | None = None) -> list[dict]:
+    """atomjax (and the baselines) on case ``name`` simulated with noise seed ``seed``;
+    ``settings``: ReconstructConfig values merged over the case's own."""
     from atomjax import pipeline
     from atomjax.reconstruct import ReconstructConfig, reconstruct
 
     data, species, overrides = CASES[name]
+    overrides = deep_merge(overrides, settings or {})
     series = pipeline.load_series({"kind": "simulated", "seed": seed, **data}, cache_dir=CACHE,
                                   progress=False)  # fmt: skip
     truth, truth_species = series.atoms_positions_A, series.atoms_species
@@ -122,8 +136,12 @@ def run_case(name: str, seed: int, baselines: bool) -> list[dict]:
     seconds = time.perf_counter() - t0
     found_species = result.species if result.species is not None else [species[0]] * len(
         result.positions_A)  # fmt: skip
+    extra["seed"] = seed
     rows = [{"case": name, "method": "atomjax", "seconds": seconds, **extra,
              "ended_by": result.report["ended_by"],
+             # the fit's own loss at the end (the same images, so fits of one series with
+             # other settings compare by it)
+             "loss_final": result.report["history"]["loss"][-1],
              **per_species(result.positions_A, found_species, truth, truth_species)}]  # fmt: skip
     if baselines:
         tilts = single_axis_tilts_deg(series.euler_deg)
@@ -143,7 +161,8 @@ def run_case(name: str, seed: int, baselines: bool) -> list[dict]:
 
 def format_row(r: dict) -> str:
     rmsd = "–" if r["rmsd_pm"] is None else f"{r['rmsd_pm']:.2f}"
-    head = (f"{r['case']:<11}{r['method']:<8}{r['n_matched']:>5}/{r['n_truth']:<5}"
+    head = (f"{r['case']:<11}{r['method']:<8}s{r.get('seed', 0):<3}"
+            f"{r['n_matched']:>5}/{r['n_truth']:<5}"
             f"FP {r['fp_rate']:.3f}  RMSD {rmsd:>6} pm  {r['seconds']:6.1f} s")  # fmt: skip
     parts = []
     for s, v in r["species"].items():
@@ -153,6 +172,24 @@ def format_row(r: dict) -> str:
     acc = r.get("species_accuracy")
     tail = f"  species {100 * acc:.1f} %" if acc is not None and len(r["species"]) > 1 else ""
     return head + "  |  " + "; ".join(parts) + tail
+
+
+#: what the summary over noise seeds reports
+SEED_FIELDS = ("n_matched", "n_found", "tp_rate", "fp_rate", "rmsd_pm", "seconds")
+
+
+def format_spread(r: dict) -> str:
+    """One summary row over seeds: mean [min – max] of the matched atoms, FP and RMSD."""
+
+    def f(key, fmt):
+        v = r[key]
+        if v is None:
+            return "–"
+        return f"{v['mean']:{fmt}} [{v['min']:{fmt}}–{v['max']:{fmt}}]"
+
+    return (f"{r['case']:<11}{r['method']:<8}{len(r['seeds'])} seeds  matched "
+            f"{f('n_matched', '.1f')}  TP {f('tp_rate', '.3f')}  FP {f('fp_rate', '.3f')}  "
+            f"RMSD {f('rmsd_pm', '.2f')} pm")  # fmt: skip
 
 
 def scaling(sizes=(1000, 4000, 16000), m: int = 30, pixel_A: float = 0.5) -> list[dict]:
@@ -195,16 +232,37 @@ def scaling(sizes=(1000, 4000, 16000), m: int = 30, pixel_A: float = 0.5) -> lis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds, each its own simulated series (new noise, and "
+                        "a new particle where the structure is random: amorphous, alloys); "
+                        "with several, a summary over them (one seed is one draw)")  # fmt: skip
+    parser.add_argument("--settings", default="{}",
+                        help="JSON of atomjax settings merged over every case's, e.g. "
+                        "'{\"adapt\": {\"min_distance_A\": 1.5}}'")  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true", help="atomjax only")
     parser.add_argument("--scaling", action="store_true", help="also the rule's time vs atoms")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    rows, timing = [], None
-    for name in [n for n in args.cases.split(",") if n]:
+    seeds = parse_seeds(args.seeds, parser)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as e:
+        parser.error(f"--settings is not JSON ({e}): {args.settings!r}")
+    if not isinstance(settings, dict):
+        parser.error(f"--settings must be a JSON object, got {args.settings!r}")
+    names = [n for n in args.cases.split(",") if n]
+    for name in names:
         if name not in CASES:
             parser.error(f"unknown case {name!r}; known: {', '.join(CASES)}")
-        rows += run_case(name, args.seed, not args.no_baselines)
+    rows, timing, spread = [], None, None
+    for name in names:
+        for seed in seeds:
+            rows += run_case(name, seed, not args.no_baselines, settings)
+    if len(seeds) > 1:
+        spread = over_seeds(rows, SEED_FIELDS)
+        print(f"over the seeds {seeds}:")
+        for r in spread:
+            print(format_spread(r), flush=True)
     if args.scaling:
         timing = scaling()
     if args.json:
@@ -212,7 +270,8 @@ def main(argv=None) -> int:
 
         write_json(args.json, {"benchmark": "detection per species", "machine": machine(),
                                "date": time.strftime("%Y-%m-%d"), "cutoff_A": CUTOFF_A,
-                               "rows": rows, "scaling": timing})  # fmt: skip
+                               "seeds": seeds, "settings": settings, "rows": rows,
+                               "over_seeds": spread, "scaling": timing})  # fmt: skip
         print(f"→ {args.json}")
     return 0
 

@@ -248,6 +248,52 @@ def best_time(fn, *args, repeat=3):
     return min(times)
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with the values of ``over``, nested dicts merged key by key (a new dict;
+    neither argument changes)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_seeds(text: str, parser) -> list[int]:
+    """The seeds of a ``--seeds 0,1,2`` option; ``parser.error`` on anything else."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {text!r}")
+    if not seeds:
+        parser.error("--seeds names no seed")
+    return seeds
+
+
+def over_seeds(rows: list[dict], fields: tuple[str, ...], by: tuple[str, ...] = ("case", "method")
+               ) -> list[dict]:  # fmt: skip
+    """One row per group of ``rows`` sharing the values of ``by`` (in first-seen order):
+    the seeds it holds and the mean, min and max of each of ``fields`` over them (None
+    values left out; a field with none gives None)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, members in groups.items():
+        row = dict(zip(by, key, strict=True))
+        row["seeds"] = [m.get("seed") for m in members]
+        for f in fields:
+            v = np.array([m[f] for m in members if m.get(f) is not None], float)
+            row[f] = (
+                {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+                if v.size
+                else None
+            )
+        out.append(row)
+    return out
+
+
 def machine() -> dict[str, Any]:
     """Where a benchmark ran: processor, cores, Python, JAX and its devices."""
     import jax
