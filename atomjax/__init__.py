@@ -23,6 +23,7 @@ from .render import (
     render_series,
     render_tilt_series,
 )
+from .starts import reconstruct_starts
 from .units import wavelength_A
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "ReconstructConfig",
     "Result",
     "reconstruct",
+    "reconstruct_starts",
     "FixedProbe",
     "ImagingSetup",
     "PhysicalProbe",
