@@ -14,6 +14,7 @@ dicts and go to :mod:`atomjax.pipeline` and the library.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -240,6 +241,7 @@ def reconstruct_task(
     from .interrupt import stop_requests
     from .pipeline import absolute_paths, config_from_settings, load_series, print_summary, summary
     from .reconstruct import reconstruct
+    from .starts import reconstruct_starts, start_configs
 
     out = pathlib.Path(out_dir)
     overrides = _task_overrides() if overrides is None else list(overrides)
@@ -253,6 +255,8 @@ def reconstruct_task(
         # compiled programs kept on disk: a second run of the same sizes skips compiling
         compile_cache.enable(pathlib.Path(cfg["cache_dir"]) / "xla")
     config = config_from_settings(cfg)
+    n_starts = cfg.get("starts", 1)  # an old run's record may not have it
+    start_configs(config, n_starts)  # a bad count is refused before any work
     series = load_series(cfg["data"], cache_dir=cfg["cache_dir"], progress=cfg["progress"])
     # the record names the files from anywhere: absolute paths
     command = [pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]
@@ -271,7 +275,12 @@ def reconstruct_task(
             f"({series.pixel_size_A:g} Å) in {config.mode} mode → {out}",
             flush=True,
         )
-        result = reconstruct(
+        run_fit = (
+            reconstruct
+            if n_starts == 1
+            else functools.partial(reconstruct_starts, n_starts=n_starts)
+        )
+        result = run_fit(
             series,
             config,
             out_dir=out,
@@ -302,10 +311,18 @@ def _print_resume_hint(report: dict[str, Any], out: pathlib.Path) -> None:
     where = f"after {p['phase']} of {p['n_phases']} phases"
     if p["step"]:
         where += f" and {p['step']} of {p['steps_per_phase']} steps of the next"
+    atoms = out / "atoms.extxyz"
+    starts = report.get("starts")
+    if starts:  # several starts: the one that stopped
+        from .starts import start_folder
+
+        k = starts["best"]
+        where = f"in start {k + 1} of {starts['n_starts']}, {where}"
+        atoms = out / start_folder(k) / "atoms.extxyz"
     why = "as max_phases asked" if report["stopped_by"] == "max_phases" else (
         f"by {report['stopped_by']}")  # fmt: skip
     print(
-        f"\nstopped {why}, {where}; the atoms so far are in {out / 'atoms.extxyz'}.\n"
+        f"\nstopped {why}, {where}; the atoms so far are in {atoms}.\n"
         f"to continue:  atomjax-reconstruct resume=true hydra.run.dir={out.resolve()}",
         flush=True,
     )

@@ -342,6 +342,16 @@ def print_summary(report: dict[str, Any], out_dir: str | os.PathLike | None, nam
     print(f"\n{title}")
     for name, value in accuracy_rows(report):
         print(f"  {name:<24}{value:>12}")
+    starts = report.get("starts")
+    if starts:
+        print(f"\n{starts['n_starts']} starts (the lowest final loss is kept)")
+        for s in starts["starts"]:
+            kept = "  ← kept" if s["start"] == starts["best"] else ""
+            print(
+                f"  {s['run_folder'] or 'start ' + str(s['start']):<14}"
+                f"{s['sirt_iterations']:>3} SIRT sweeps, {s['voxel_size_A']:.3g} Å voxels: "
+                f"{s['n_atoms']} atoms, loss {s['loss_final']:.6g}, {s['status']}{kept}"
+            )
     if out_dir is not None:
         if names is None:
             names = [p.name for p in pathlib.Path(out_dir).iterdir() if not p.is_dir()]

@@ -9,7 +9,9 @@ record says what the run is and how far it got:
 * the series it reads (size, pixel size and content fingerprint), every setting, and
   what the caller adds (the command-line app: the data description with its paths, the
   whole settings tree and the command), so the folder alone is enough to resume;
-* ``outputs``: the files the run made.
+* ``outputs``: the files the run made;
+* ``parts``, for a run made of several runs (:func:`atomjax.reconstruct_starts`): their
+  run folders inside it; the run can be resumed when any of them holds a checkpoint.
 
 Rules (:func:`claim`):
 
@@ -126,6 +128,9 @@ def inspect(folder: str | os.PathLike) -> FolderState:
     if not path.is_dir():
         return FolderState(path, "empty", None, False)
     record = read_record(path)
+    if not has_ckpt and record:  # a run made of runs (several starts): any part's checkpoint
+        has_ckpt = any((path / part / CHECKPOINT_DIR / "checkpoint.json").is_file()
+                       for part in record.get("parts") or [] if "/" not in part)  # fmt: skip
     held = None if path.resolve() in _HELD else _lock_holder(path)
     if held is not None:
         return FolderState(path, "running", record, has_ckpt, held)

@@ -20,13 +20,16 @@ copy of the winner's ``atoms.extxyz``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import pathlib
 import shutil
 from typing import Any
 
-from . import outputs
+import jax
+
+from . import interrupt, outputs, runfolder
 from .data import TiltSeries
 from .reconstruct import ReconstructConfig, Result, reconstruct
 
@@ -62,58 +65,133 @@ def final_loss(report: dict[str, Any]) -> float:
     return float(finite[-1]) if finite else math.inf
 
 
+#: the winner's files the run folder gets a copy of (report.json is written anew)
+WINNER_FILES = ("atoms.extxyz", "projections.png", "loss.png", "atoms.png", "atoms_sigma.png")
+
+
+def start_folder(k: int) -> str:
+    """The name of start ``k``'s run folder inside the run folder."""
+    return f"start_{k}"
+
+
 def reconstruct_starts(
     series: TiltSeries,
     config: ReconstructConfig | dict | None = None,
     n_starts: int = MAX_STARTS,
     out_dir=None,
     resume: bool = False,
-    overwrite: bool = False,
     progress: bool = True,
     figures: bool = True,
+    max_phases: int | None = None,
+    overwrite: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> Result:
     """Reconstruct ``series`` from ``n_starts`` starts (:func:`start_configs`) and return
     the start with the lowest final loss, its report holding ``starts``: every start's
     loss, atom count, start tomogram and run folder, and ``best``, the winner's index.
+    The arguments are :func:`atomjax.reconstruct.reconstruct`'s.
 
-    out_dir: the run folder, holding one run folder per start (``start_<k>``);
-    resume / overwrite apply to each of them as in :func:`atomjax.reconstruct.reconstruct`
-    (with resume, a start never begun starts now). A start that is interrupted ends the
-    call: its result is returned (status "interrupted"), the later starts not begun.
+    out_dir: the run folder, guarded as any (:mod:`atomjax.runfolder`), holding one run
+    folder per start (``start_<k>``), ``starts.json``, and the winner's ``report.json``,
+    ``atoms.extxyz`` and figures. resume continues every start from its checkpoint (a
+    start never begun, or stopped before its first checkpoint, starts now); overwrite
+    replaces the whole run. A start that stops (a signal, or ``max_phases``: a count per
+    call, as for one run) ends the call: its result is returned (status "interrupted")
+    and the later starts wait for the resume. record: kept in the folder's ``run.json``.
     """
     configs = start_configs(config, n_starts)
     out = pathlib.Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise ValueError("resume=True needs out_dir: the run folder to continue")
+    names = [start_folder(k) for k in range(len(configs))]
+    writer = jax.process_index() == 0  # several processes (jax.distributed): one writes
+    claim = (runfolder.claim(out, resume=resume, overwrite=overwrite)
+             if out is not None and writer else contextlib.nullcontext(None))  # fmt: skip
+    with claim as run, interrupt.stop_requests() as stop:
+        if run is not None and resume and not run.record.get("parts"):
+            raise runfolder.RunFolderError(
+                f"{out} holds a single run, not several starts: resume it with "
+                "atomjax.reconstruct (or starts=1)"
+            )
+        if run is not None:
+            app = record if record is not None else run.record.get("app")
+            run.update(app=app, parts=names, n_starts=len(configs),
+                       settings=configs[0].to_dict())  # fmt: skip
+            run.add_outputs(*names, STARTS_FILE, "report.json", *WINNER_FILES)
+        try:
+            results, summary = _run_starts(series, configs, out, names, resume, overwrite,
+                                           progress, figures, max_phases, stop)  # fmt: skip
+        except BaseException as e:
+            if run is not None:
+                aborted = isinstance(e, KeyboardInterrupt)
+                run.update(status="interrupted" if aborted else "failed",
+                           error="stopped at once by a second signal" if aborted
+                           else repr(e)[:2000])  # fmt: skip
+            raise
+        finished = len(results) == len(configs) and results[-1].report["status"] == "finished"
+        if finished:
+            best = min(range(len(results)), key=lambda i: summary[i]["loss_final"])
+        else:  # stopped: hand back the last start
+            best = len(results) - 1
+        starts_record = {"n_starts": len(configs), "starts": summary, "best": best}
+        winner = results[best]
+        # the run's time is every start's
+        total_s = sum(r.report["run_time_s"] for r in results)
+        report = {**winner.report, "starts": starts_record, "run_time_s": total_s}
+        if not finished and report["status"] == "finished":  # stopped between two starts
+            report.update(status="interrupted", stopped_by=stop.signal_name or "request")
+        if run is not None:
+            if finished:
+                for name in WINNER_FILES:
+                    if (out / names[best] / name).is_file():
+                        shutil.copy2(out / names[best] / name, out / name)
+                outputs.write_json(out / "report.json", report)
+            outputs.write_json(out / STARTS_FILE, starts_record)
+            run.update(status=report["status"], best=best, error=None,
+                       stopped_by=report.get("stopped_by"),
+                       progress={"start": len(results) - 1, "n_starts": len(configs),
+                                 **(winner.report.get("progress") or {})})  # fmt: skip
+    return dataclasses.replace(winner, report=report, out_dir=out if writer else None)
+
+
+def _run_starts(series, configs, out, names, resume, overwrite, progress, figures, max_phases,
+                stop):  # fmt: skip
+    """Run the starts in order until one does not finish: their results and summaries."""
     results: list[Result] = []
     summary: list[dict[str, Any]] = []
     for k, cfg in enumerate(configs):
-        sub = out / f"start_{k}" if out is not None else None
-        again = resume and sub is not None and (sub / "checkpoint").is_dir()
-        result = reconstruct(series, cfg, out_dir=sub, resume=again, overwrite=overwrite,
-                             progress=progress, figures=figures)  # fmt: skip
+        if k and stop.requested:  # a signal as the last start ended
+            break
+        sub = out / names[k] if out is not None else None
+        again = resume and sub is not None and runfolder.inspect(sub).has_checkpoint
+        if progress:
+            print(f"start {k + 1} of {len(configs)}: {cfg.init.sirt_iterations} SIRT sweeps on "
+                  f"{cfg.init.voxel_size_A:.3g} Å voxels", flush=True)  # fmt: skip
+        # resumed, a start without a checkpoint has nothing to keep: it starts again
+        result = reconstruct(series, cfg, out_dir=sub, resume=again, progress=progress,
+                             figures=figures, max_phases=max_phases,
+                             overwrite=overwrite or (resume and not again))  # fmt: skip
         results.append(result)
         summary.append({
             "start": k,
             "sirt_iterations": cfg.init.sirt_iterations,
             "voxel_size_A": cfg.init.voxel_size_A,
             "loss_final": final_loss(result.report),
+            "run_time_s": result.report["run_time_s"],
             "n_atoms": int(len(result.positions_A)),
             "status": result.report["status"],
-            "run_folder": None if sub is None else sub.name,
+            "run_folder": None if sub is None else names[k],
         })  # fmt: skip
         if result.report["status"] != "finished":
             break
-    if results[-1].report["status"] != "finished":  # stopped: hand back that start
-        best = len(results) - 1
-    else:
-        best = min(range(len(results)), key=lambda i: summary[i]["loss_final"])
-    record = {"n_starts": len(configs), "starts": summary, "best": best}
-    winner = results[best]
-    if out is not None and summary[best]["status"] == "finished":
-        shutil.copy2(out / f"start_{best}" / "atoms.extxyz", out / "atoms.extxyz")
-    if out is not None:
-        outputs.write_json(out / STARTS_FILE, record)
-    report = {**winner.report, "starts": record}
-    return dataclasses.replace(winner, report=report, out_dir=out)
+    return results, summary
 
 
-__all__ = ["MAX_STARTS", "START_VARIANTS", "final_loss", "reconstruct_starts", "start_configs"]
+__all__ = [
+    "MAX_STARTS",
+    "START_VARIANTS",
+    "final_loss",
+    "reconstruct_starts",
+    "start_configs",
+    "start_folder",
+]

@@ -21,7 +21,8 @@ new particle where the structure is random), then the mean and range over them. 
 amorphous fits land in different local minima with small changes (another CPU's
 rounding, another seed), so at low dose one seed's figure is one draw from a wide spread.
 ``--settings JSON``: atomjax settings merged over every case's (to measure a candidate
-default next to today's on the same series).
+default next to today's on the same series). ``--starts 4``: each fit through
+:func:`atomjax.reconstruct_starts`, the lowest final loss of four starts kept.
 
 ``--scaling``: the time of the whole test (every atom's z, :func:`atomjax.detection.
 significance`) against the number of atoms, on amorphous Si particles of 1k-16k atoms
@@ -43,9 +44,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_starts_option,
     best_time,
     deep_merge,
     fbp_volume,
+    fit,
     machine,
     over_seeds,
     parse_seeds,
@@ -118,11 +121,14 @@ def counts_per_pixel(series) -> float | None:
     return float(images[images > 0.1 * images.max()].mean())
 
 
-def run_case(name: str, seed: int, baselines: bool, settings: dict | None = None) -> list[dict]:
-    """atomjax (and the baselines) on case ``name`` simulated with noise seed ``seed``;
-    ``settings``: ReconstructConfig values merged over the case's own."""
+def run_case(name: str, seed: int, baselines: bool, settings: dict | None = None,
+             n_starts: int = 1) -> list[dict]:  # fmt: skip
+    """atomjax (and the baselines) on case ``name`` simulated with ``seed`` (the particle
+    and the noise); ``settings``: ReconstructConfig values merged over the case's own;
+    ``n_starts`` > 1: :func:`atomjax.reconstruct_starts` with that many starts."""
     from atomjax import pipeline
-    from atomjax.reconstruct import ReconstructConfig, reconstruct
+    from atomjax.reconstruct import ReconstructConfig
+    from atomjax.starts import final_loss
 
     data, species, overrides = CASES[name]
     overrides = deep_merge(overrides, settings or {})
@@ -132,16 +138,16 @@ def run_case(name: str, seed: int, baselines: bool, settings: dict | None = None
     extra = {"counts_per_particle_pixel": counts_per_pixel(series)}
     t0 = time.perf_counter()
     config = ReconstructConfig(**overrides, species=species if len(species) > 1 else None)
-    result = reconstruct(series, config, progress=False, figures=False)
+    result = fit(series, config, n_starts)
     seconds = time.perf_counter() - t0
     found_species = result.species if result.species is not None else [species[0]] * len(
         result.positions_A)  # fmt: skip
-    extra["seed"] = seed
+    extra.update(seed=seed, n_starts=n_starts)
     rows = [{"case": name, "method": "atomjax", "seconds": seconds, **extra,
              "ended_by": result.report["ended_by"],
              # the fit's own loss at the end (the same images, so fits of one series with
              # other settings compare by it)
-             "loss_final": result.report["history"]["loss"][-1],
+             "loss_final": final_loss(result.report),
              **per_species(result.positions_A, found_species, truth, truth_species)}]  # fmt: skip
     if baselines:
         tilts = single_axis_tilts_deg(series.euler_deg)
@@ -239,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default="{}",
                         help="JSON of atomjax settings merged over every case's, e.g. "
                         "'{\"adapt\": {\"min_distance_A\": 1.5}}'")  # fmt: skip
+    add_starts_option(parser)
     parser.add_argument("--no-baselines", action="store_true", help="atomjax only")
     parser.add_argument("--scaling", action="store_true", help="also the rule's time vs atoms")
     parser.add_argument("--json", type=pathlib.Path, default=None)
@@ -257,7 +264,7 @@ def main(argv=None) -> int:
     rows, timing, spread = [], None, None
     for name in names:
         for seed in seeds:
-            rows += run_case(name, seed, not args.no_baselines, settings)
+            rows += run_case(name, seed, not args.no_baselines, settings, args.starts)
     if len(seeds) > 1:
         spread = over_seeds(rows, SEED_FIELDS)
         print(f"over the seeds {seeds}:")
@@ -270,7 +277,8 @@ def main(argv=None) -> int:
 
         write_json(args.json, {"benchmark": "detection per species", "machine": machine(),
                                "date": time.strftime("%Y-%m-%d"), "cutoff_A": CUTOFF_A,
-                               "seeds": seeds, "settings": settings, "rows": rows,
+                               "seeds": seeds, "settings": settings, "n_starts": args.starts,
+                               "rows": rows,
                                "over_seeds": spread, "scaling": timing})  # fmt: skip
         print(f"→ {args.json}")
     return 0

@@ -294,6 +294,24 @@ def over_seeds(rows: list[dict], fields: tuple[str, ...], by: tuple[str, ...] = 
     return out
 
 
+def add_starts_option(parser) -> None:
+    """``--starts K``: each atomjax fit from K start tomograms (:func:`fit`)."""
+    parser.add_argument("--starts", type=int, default=1, choices=range(1, 5), metavar="K",
+                        help="atomjax.reconstruct_starts with K starts (1-4), the lowest final "
+                        "loss kept; 1 (the default): one atomjax.reconstruct")  # fmt: skip
+
+
+def fit(series, config, n_starts: int = 1):
+    """atomjax's fit of ``series`` with its default output off: :func:`atomjax.reconstruct`,
+    or with ``n_starts`` > 1 :func:`atomjax.reconstruct_starts`."""
+    from atomjax.reconstruct import reconstruct
+    from atomjax.starts import reconstruct_starts
+
+    if n_starts == 1:
+        return reconstruct(series, config, progress=False, figures=False)
+    return reconstruct_starts(series, config, n_starts, progress=False, figures=False)
+
+
 def machine() -> dict[str, Any]:
     """Where a benchmark ran: processor, cores, Python, JAX and its devices."""
     import jax

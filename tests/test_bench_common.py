@@ -50,3 +50,15 @@ def test_parse_seeds_reads_a_list_and_refuses_other_text():
     for bad in ("x", "1.5", "", " , "):
         with pytest.raises(SystemExit):
             common.parse_seeds(bad, parser)
+
+
+def test_the_starts_option_takes_one_to_four():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    common.add_starts_option(parser)
+    assert parser.parse_args([]).starts == 1
+    assert parser.parse_args(["--starts", "4"]).starts == 4
+    for bad in ("0", "5", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--starts", bad])

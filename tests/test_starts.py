@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import small_au_series
 
-from atomjax import simulate, starts, structures
+from atomjax import apps, io, pipeline, runfolder, starts
 from atomjax.outputs import read_extxyz
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
@@ -17,9 +18,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def series():
-    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 5.5), seed=1)
-    return simulate.simulate_fast(particle, np.linspace(-60, 60, 9), pixel_size_A=0.35,
-                                  margin_A=3.0, noise_std_rel=0.05, progress=False)  # fmt: skip
+    return small_au_series(5.5, 9, margin_A=3.0, noise_std_rel=0.05)
 
 
 def test_start_configs_vary_only_the_start_tomogram():
@@ -68,3 +67,68 @@ def test_the_lowest_final_loss_is_kept_and_the_run_folder_holds_every_start(seri
 def test_final_loss_skips_non_finite_entries():
     assert starts.final_loss({"history": {"loss": [3.0, 2.0, None]}}) == 2.0
     assert starts.final_loss({"history": {"loss": [None]}}) == float("inf")
+
+
+# ------------------------------------------------------------------ through the app
+
+
+def _app(overrides):
+    return apps.compose("reconstruct", overrides)
+
+
+def _run_app(overrides, out):
+    return apps.reconstruct_task(_app(overrides), out, overrides=list(overrides))
+
+
+def test_the_app_runs_starts_into_one_guarded_run_folder(series, tmp_path, capsys):
+    data = io.save_tilt_series(series, tmp_path / "series.npz")
+    out = tmp_path / "run"
+    first = ["data=file", f"data.path={data}", "optim.n_phases=2", "optim.steps_per_phase=30",
+             "init.sirt_iterations=3", "progress=false", "figures=false", "starts=2",
+             "max_phases=1"]  # fmt: skip
+    _run_app(first, out)
+    text = capsys.readouterr().out
+    # max_phases counts phases per call, as for one run: start 1 stops after its first
+    assert "stopped as max_phases asked, in start 1 of 2, after 1 of 2 phases" in text
+    assert str(out / "start_0" / "atoms.extxyz") in text
+    record = runfolder.read_record(out)
+    assert record["status"] == "interrupted" and record["parts"] == ["start_0", "start_1"]
+    assert runfolder.inspect(out).has_checkpoint  # resumable through its parts
+    assert not (out / "start_1").exists()
+    # a new run into it is refused, naming the way out
+    with pytest.raises(runfolder.RunFolderError, match="overwrite=true"):
+        _run_app(first[:-1], out)
+
+    # resumed from the folder alone: start 1 continues, start 2 runs, the lowest loss wins
+    _run_app(["resume=true", "progress=false"], out)
+    report = json.loads((out / "report.json").read_text())
+    best = report["starts"]["best"]
+    losses = [s["loss_final"] for s in report["starts"]["starts"]]
+    assert report["status"] == "finished" and best == int(np.argmin(losses))
+    assert (out / "atoms.extxyz").read_bytes() == (
+        out / f"start_{best}" / "atoms.extxyz"
+    ).read_bytes()
+    assert runfolder.read_record(out)["status"] == "finished"
+    assert (out / "truth.extxyz").is_file()
+    # the same as one call of the library, uninterrupted
+    config = pipeline.config_from_settings(_app(first))
+    alone = starts.reconstruct_starts(series, config, n_starts=2, progress=False, figures=False)
+    np.testing.assert_allclose(read_extxyz(out / "atoms.extxyz")["positions_A"],
+                               alone.positions_A, atol=1e-6)  # fmt: skip
+
+    # overwrite replaces the whole run: a single run leaves no start folders behind
+    _run_app([*first[:-2], "starts=1", "overwrite=true"], out)
+    assert not (out / "start_0").exists() and not (out / "starts.json").exists()
+    assert (out / "checkpoint").is_dir()
+    # ... and a single run is not resumed as starts
+    with pytest.raises(runfolder.RunFolderError, match="single run"):
+        starts.reconstruct_starts(series, FAST, n_starts=2, out_dir=out, resume=True,
+                                  progress=False, figures=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["0", "5", "2.5"])
+def test_a_bad_start_count_is_refused_before_any_work(tmp_path, bad):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="n_starts must be an integer from 1 to 4"):
+        _run_app([f"starts={bad}", "data=file", "data.path=missing.npz"], out)
+    assert not out.exists()
