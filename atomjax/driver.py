@@ -45,7 +45,7 @@ from .problem import (
     resolve_angle_chunk,
     with_depth_rank,
 )
-from .uncertainty import atom_sigmas, noise_model, pixel_weights
+from .uncertainty import SIGMA_NAMES, atom_sigmas, noise_model, pixel_weights
 
 
 def fit_data(config, observed, euler, setup) -> FitData:
@@ -123,6 +123,8 @@ class Outcome:
     params: Params
     species: np.ndarray | None
     report: dict[str, Any]
+    #: the live atoms' σ (:data:`atomjax.uncertainty.SIGMA_NAMES`) and the noise model
+    sigmas: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +402,8 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
                              figures, sigmas, detected)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
-    return Outcome(params, species, rep)
+    kept = None if sigmas is None else {k: sigmas[k] for k in (*SIGMA_NAMES, "noise")}
+    return Outcome(params, species, rep, kept)
 
 
 #: the alignment a run ends with, in its run folder (an ``align`` file for a later run)

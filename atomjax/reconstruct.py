@@ -205,6 +205,9 @@ class Result:
     report: dict[str, Any]
     params: Params
     out_dir: pathlib.Path | None
+    #: each atom's σ: ``sigma_x_A`` … ``sigma_amplitude`` ((n,) each, the order of
+    #: ``positions_A``) and the fitted ``noise`` model; None with ``uncertainty=False``
+    sigmas: dict[str, Any] | None = None
 
 
 def reconstruct(
@@ -278,4 +281,4 @@ def reconstruct(
     a = outcome.params.atoms.alive_numpy()
     out = out if writer else None
     return Result(a["positions_A"], a["widths_A2"], a["amplitudes"], outcome.species,
-                  outcome.report, outcome.params, out)  # fmt: skip
+                  outcome.report, outcome.params, out, outcome.sigmas)  # fmt: skip

@@ -115,6 +115,13 @@ def detection_summary(detected: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def figure_sigma(path, positions_A, sigmas, truth_A=None) -> None:
+    """atoms_sigma.png: the atoms coloured by √(σx²+σy²+σz²) (shown up to 100 pm)."""
+    shown = np.minimum(uncertainty.sigma_xyz_pm(sigmas), 100.0)  # unsupported: 100
+    label = "σ of the position, √(σx²+σy²+σz²) (pm, ≤ 100)"
+    outputs.figure_atoms(path, positions_A, shown, truth_A, values_label=label)
+
+
 def write_outputs(run, config, series, params, observed, calc, report, species, figures,
                   sigmas=None, detected=None):  # fmt: skip
     """atoms.extxyz (with the σ columns when ``sigmas`` is given, and ``z_detection``
@@ -139,10 +146,8 @@ def write_outputs(run, config, series, params, observed, calc, report, species, 
         made += _write_figures(out, series, observed, calc, report["history"], a,
                                params.atoms.n_alive)  # fmt: skip
         if sigmas is not None:
-            shown = np.minimum(uncertainty.sigma_xyz_pm(sigmas), 100.0)  # unsupported: 100
-            label = "σ of the position, √(σx²+σy²+σz²) (pm, ≤ 100)"
-            outputs.figure_atoms(out / "atoms_sigma.png", a["positions_A"], shown,
-                                 series.atoms_positions_A, values_label=label)  # fmt: skip
+            figure_sigma(out / "atoms_sigma.png", a["positions_A"], sigmas,
+                         series.atoms_positions_A)  # fmt: skip
             made.append("atoms_sigma.png")
     report["outputs"] = {"folder": str(out)}
     outputs.write_json(out / "report.json", report)

@@ -28,10 +28,12 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 
-from . import interrupt, outputs, runfolder
+from . import interrupt, outputs, runfolder, uncertainty
 from .data import TiltSeries
 from .reconstruct import ReconstructConfig, Result, reconstruct
+from .report import figure_sigma
 
 #: start k's start tomogram: (× init.sirt_iterations, × init.voxel_size_A); start 0 is
 #: the settings as given. The four measured (benchmarks/README.md).
@@ -140,18 +142,66 @@ def reconstruct_starts(
         report = {**winner.report, "starts": starts_record, "run_time_s": total_s}
         if not finished and report["status"] == "finished":  # stopped between two starts
             report.update(status="interrupted", stopped_by=stop.signal_name or "request")
+        sigmas = winner.sigmas
+        if finished and len(results) > 1 and sigmas is not None:
+            others = [r.positions_A for i, r in enumerate(results) if i != best]
+            sigmas, report["uncertainty"] = with_search(winner, others, series.atoms_positions_A)
         if run is not None:
             if finished:
                 for name in WINNER_FILES:
                     if (out / names[best] / name).is_file():
                         shutil.copy2(out / names[best] / name, out / name)
+                if sigmas is not winner.sigmas:
+                    _write_sigmas(out, sigmas, series.atoms_positions_A,
+                                  figures and (out / "atoms_sigma.png").is_file())  # fmt: skip
                 outputs.write_json(out / "report.json", report)
             outputs.write_json(out / STARTS_FILE, starts_record)
             run.update(status=report["status"], best=best, error=None,
                        stopped_by=report.get("stopped_by"),
                        progress={"start": len(results) - 1, "n_starts": len(configs),
                                  **(winner.report.get("progress") or {})})  # fmt: skip
-    return dataclasses.replace(winner, report=report, out_dir=out if writer else None)
+    return dataclasses.replace(winner, report=report, out_dir=out if writer else None,
+                               sigmas=sigmas)  # fmt: skip
+
+
+def with_search(winner: Result, others, truth_A=None) -> tuple[dict, dict]:
+    """The winner's σ with the error of the search added (:func:`atomjax.uncertainty.
+    search_variance` from the other starts' atoms ``others``), and its report's
+    ``uncertainty`` for them: the distribution and calibration (against ``truth_A``) of
+    the σ so widened, ``statistical`` (the predicted RMSD and calibration of the σ
+    alone) and ``search`` (the search's share)."""
+    var = uncertainty.search_variance(winner.positions_A, others)
+    sigmas = dict(winner.sigmas)
+    for j, name in enumerate(uncertainty.SIGMA_NAMES[:3]):
+        sigmas[name] = np.sqrt(np.asarray(winner.sigmas[name], np.float64) ** 2 + var[:, j])
+        sigmas[name.replace("sigma_", "sigma_search_")] = np.sqrt(var[:, j])
+    before = winner.report.get("uncertainty") or {}
+    u = {**uncertainty.summary(sigmas), "seconds": before.get("seconds")}
+    search_pm = np.sqrt(var.sum(1)) * 100.0
+    u["search"] = {
+        "fits_compared": len(others),
+        "neighbours": uncertainty.SEARCH_NEIGHBOURS,
+        "sigma_search_pm": {"median": float(np.median(search_pm)),
+                            "p10": float(np.percentile(search_pm, 10)),
+                            "p90": float(np.percentile(search_pm, 90))},
+    }  # fmt: skip
+    u["statistical"] = {k: before[k] for k in ("predicted_rmsd_pm", "calibration") if k in before}
+    if truth_A is not None:
+        u["calibration"] = uncertainty.calibrate(winner.positions_A, sigmas, truth_A)
+    return sigmas, u
+
+
+def _write_sigmas(out: pathlib.Path, sigmas: dict, truth_A, figure: bool) -> None:
+    """The run folder's atoms.extxyz (the winner's copy) with the widened σ columns and the
+    search's own (``sigma_search_x_A`` …), and its σ figure redrawn."""
+    back = outputs.read_extxyz(out / "atoms.extxyz")
+    columns = dict(back["columns"])
+    columns.update({k: np.asarray(v, float) for k, v in sigmas.items() if k.startswith("sigma_")})
+    outputs.write_extxyz(out / "atoms.extxyz", back["positions_A"], back["widths_A2"],
+                         back["amplitudes"], species=back["species"], info=back["info"],
+                         columns=columns)  # fmt: skip
+    if figure:
+        figure_sigma(out / "atoms_sigma.png", back["positions_A"], sigmas, truth_A)
 
 
 def _run_starts(series, configs, out, names, resume, overwrite, progress, figures, max_phases,

@@ -354,6 +354,51 @@ def calibration(deviation_A, sigma_xyz_A) -> dict[str, Any]:
     }
 
 
+#: the search variance of an atom is the mean over it and its nearest atoms, this many
+#: in all: a start that goes astray moves a neighbourhood together, and a few other
+#: starts are few samples of one atom (chosen on amorphous Si, benchmarks/README.md)
+SEARCH_NEIGHBOURS = 5
+
+
+def search_variance(winner_A, others_A, cutoff_A: float = 0.75,
+                    neighbours: int = SEARCH_NEIGHBOURS) -> np.ndarray:  # fmt: skip
+    """The error of a fit's search, per atom and axis (n, 3), Å², from other fits of the
+    same images (other starts, :func:`atomjax.reconstruct_starts`).
+
+    The σ from the Fisher information are the statistical errors of the fit at its
+    minimum; fits of the same images from other starts stop in other minima, and the
+    offsets between them are what that choice of minimum costs. For each atom of the
+    winning fit: the squared offset, per axis, to the nearest atom of each other fit
+    within ``cutoff_A`` (fits with none there are left out), its mean over those fits,
+    then the mean over the atom and its ``neighbours`` - 1 nearest atoms. Added to σ²,
+    it is the variance of an atom's error when the search may have gone astray. Atoms
+    that no other fit has (nor their neighbours) get 0. Cost: a k-d tree per fit.
+    """
+    from scipy.spatial import cKDTree
+
+    win = np.asarray(winner_A, np.float64).reshape(-1, 3)
+    n = len(win)
+    d2 = np.zeros((n, 3))
+    count = np.zeros(n)
+    for other in others_A:
+        other = np.asarray(other, np.float64).reshape(-1, 3)
+        if not len(other):
+            continue
+        dist, j = cKDTree(other).query(win, distance_upper_bound=cutoff_A)
+        ok = np.isfinite(dist)
+        d2[ok] += (win[ok] - other[j[ok]]) ** 2
+        count[ok] += 1
+    per_atom = d2 / np.maximum(count, 1)[:, None]
+    k = min(int(neighbours), n)
+    if k <= 1:
+        return per_atom
+    near = cKDTree(win).query(win, k)[1]  # (n, k), the atom itself first
+    weight = (count > 0).astype(float)
+    total = (per_atom[near] * weight[near][..., None]).sum(1)
+    seen = weight[near].sum(1)
+    return np.where(seen[:, None] > 0, total / np.maximum(seen, 1)[:, None], 0.0)
+
+
 def _q(v, q) -> float | None:
     return float(np.percentile(v, q)) if len(v) else None
 

@@ -12,3 +12,15 @@ def separated_points(n: int, rng, half_width_A: float, min_distance_A: float) ->
         if all(np.linalg.norm(p - q) > min_distance_A for q in pts):
             pts.append(p)
     return np.array(pts)
+
+
+def small_au_series(radius_A: float, n_tilts: int, orientation_seed: int = 1, **kwargs):
+    """A fast-protocol series of a small Au sphere turned off its zone axes, tilted
+    ±60° in ``n_tilts`` steps at 0.35 Å pixels (``kwargs`` go to simulate_fast)."""
+    from atomjax import simulate, structures
+
+    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", radius_A),
+                                               seed=orientation_seed)  # fmt: skip
+    kwargs.setdefault("progress", False)
+    return simulate.simulate_fast(particle, np.linspace(-60, 60, n_tilts), pixel_size_A=0.35,
+                                  **kwargs)  # fmt: skip

@@ -5,16 +5,15 @@ import json
 
 import numpy as np
 import pytest
+from helpers import small_au_series
 
-from atomjax import optimizers, simulate, structures
+from atomjax import optimizers
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
 
 @pytest.fixture(scope="module")
 def series():
-    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 4.5), seed=3)
-    return simulate.simulate_fast(particle, np.linspace(-60, 60, 7), pixel_size_A=0.35,
-                                  progress=False)  # fmt: skip
+    return small_au_series(4.5, 7, orientation_seed=3)
 
 
 def test_a_converged_fit_ends_early_and_says_why(series, tmp_path):

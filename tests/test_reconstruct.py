@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import small_au_series
 
 from atomjax import metrics, simulate, structures
 from atomjax.outputs import read_extxyz
@@ -17,10 +18,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def series():
-    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 5.5), seed=1)
-    return simulate.simulate_fast(
-        particle, np.linspace(-60, 60, 9), pixel_size_A=0.35, margin_A=3.0, progress=False
-    )
+    return small_au_series(5.5, 9, margin_A=3.0)
 
 
 def test_direct_fit_finds_every_atom_and_writes_the_run_folder(series, tmp_path):

@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import small_au_series
 
-from atomjax import apps, fit, io, pipeline, runfolder, simulate, structures
+from atomjax import apps, fit, io, pipeline, runfolder
 from atomjax.data import TiltSeries
 from atomjax.outputs import read_extxyz
 from atomjax.reconstruct import ReconstructConfig, reconstruct
@@ -28,10 +29,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def series():
-    particle = structures.rotate_off_zone_axes(structures.fcc_sphere("Au", 4.5), seed=1)
-    return simulate.simulate_fast(
-        particle, np.linspace(-60, 60, 7), pixel_size_A=0.35, margin_A=3.0, progress=False
-    )
+    return small_au_series(4.5, 7, margin_A=3.0)
 
 
 def _files(folder) -> dict[str, bytes]:

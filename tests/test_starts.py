@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import small_au_series
 
-from atomjax import apps, io, pipeline, runfolder, starts
+from atomjax import apps, io, pipeline, runfolder, starts, uncertainty
 from atomjax.outputs import read_extxyz
 from atomjax.reconstruct import ReconstructConfig, reconstruct
 
@@ -53,6 +53,20 @@ def test_the_lowest_final_loss_is_kept_and_the_run_folder_holds_every_start(seri
     assert json.loads((out / starts.STARTS_FILE).read_text())["best"] == record["best"]
     back = read_extxyz(out / "atoms.extxyz")
     np.testing.assert_allclose(back["positions_A"], result.positions_A, atol=1e-6)
+    # the σ: the winner's own widened by the search's error, from the other start's atoms
+    other = read_extxyz(out / f"start_{1 - record['best']}" / "atoms.extxyz")["positions_A"]
+    search = uncertainty.search_variance(result.positions_A, [other])
+    for j, axis in enumerate("xyz"):
+        name = f"sigma_{axis}_A"
+        widened = np.sqrt(alone.sigmas[name] ** 2 + search[:, j])
+        np.testing.assert_allclose(result.sigmas[name], widened, rtol=1e-6)
+        np.testing.assert_allclose(back["columns"][name], widened, rtol=1e-6)
+        np.testing.assert_allclose(back["columns"][f"sigma_search_{axis}_A"],
+                                   np.sqrt(search[:, j]), rtol=1e-6, atol=1e-12)  # fmt: skip
+    u = result.report["uncertainty"]
+    assert u["statistical"]["predicted_rmsd_pm"] == alone.report["uncertainty"]["predicted_rmsd_pm"]
+    assert u["predicted_rmsd_pm"] >= u["statistical"]["predicted_rmsd_pm"]
+    assert u["search"]["fits_compared"] == 1 and "z_std" in u["calibration"]
     # a second call neither replaces nor mixes: refused without resume / overwrite ...
     with pytest.raises(Exception, match="resume|overwrite"):
         starts.reconstruct_starts(series, FAST, n_starts=2, out_dir=out, progress=False,
@@ -105,9 +119,12 @@ def test_the_app_runs_starts_into_one_guarded_run_folder(series, tmp_path, capsy
     best = report["starts"]["best"]
     losses = [s["loss_final"] for s in report["starts"]["starts"]]
     assert report["status"] == "finished" and best == int(np.argmin(losses))
-    assert (out / "atoms.extxyz").read_bytes() == (
-        out / f"start_{best}" / "atoms.extxyz"
-    ).read_bytes()
+    kept, own = (
+        read_extxyz(out / "atoms.extxyz"),
+        read_extxyz(out / f"start_{best}" / "atoms.extxyz"),
+    )
+    np.testing.assert_array_equal(kept["positions_A"], own["positions_A"])
+    assert "sigma_search_z_A" in kept["columns"]  # its σ widened by the other start
     assert runfolder.read_record(out)["status"] == "finished"
     assert (out / "truth.extxyz").is_file()
     # the same as one call of the library, uninterrupted

@@ -172,3 +172,33 @@ def test_an_atom_the_data_do_not_see_gets_a_huge_finite_sigma():
     assert out["sigma_x_A"][2] > 1e2 and np.all(np.delete(out["sigma_x_A"], 2) < 0.5)
     s = uncertainty.summary(out)
     assert s["n_unsupported"] == 1 and s["predicted_rmsd_pm"] < 50
+
+
+# ------------------------------------------------------ the search's error (several starts)
+
+
+def test_search_variance_is_the_mean_squared_offset_over_fits_and_neighbours():
+    from atomjax.uncertainty import search_variance
+
+    rng = np.random.default_rng(0)
+    win = rng.uniform(-10, 10, (60, 3))
+    shift = np.array([0.1, -0.2, 0.3])
+    # two other fits: one shifted by `shift`, one identical but for a missing atom
+    one, two = win + shift, np.delete(win, 7, axis=0)
+    var = search_variance(win, [one, two], neighbours=1)
+    expected = np.tile(shift**2 / 2, (60, 1))  # (shift² + 0) / 2 fits
+    expected[7] = shift**2  # only the first fit has atom 7
+    np.testing.assert_allclose(var, expected, atol=1e-12)
+    # averaged over each atom and its nearest atoms: one atom's offset is shared out
+    odd = win.copy()
+    odd[3] += [0.0, 0.0, 0.4]
+    var = search_variance(win, [odd], neighbours=5)
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(win).query(win, 5)[1]
+    dense = np.zeros((60, 3))
+    dense[3, 2] = 0.16
+    np.testing.assert_allclose(var, dense[near].mean(1), atol=1e-12)
+    # offsets beyond the cutoff are another atom, not an offset; no other fit: zero
+    assert np.all(search_variance(win, [win + 50.0]) == 0)
+    assert np.all(search_variance(win, []) == 0)
