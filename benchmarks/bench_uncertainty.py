@@ -91,6 +91,10 @@ def run_case(name: str, data: dict, overrides: dict, seed: int, n_starts: int = 
         "seed": seed,
         "n_starts": n_starts,
     }
+    stat = u.get("statistical")
+    if stat:  # several starts: the winner's own σ, before the search's error is added
+        row["statistical"] = {"predicted_rmsd_pm": stat.get("predicted_rmsd_pm"),
+                              **(stat.get("calibration") or {})}  # fmt: skip
     if "z_std" in row:  # the axes at the ends of the 0.8–1.25 target, for summaries
         row["z_std_min"], row["z_std_max"] = min(row["z_std"]), max(row["z_std"])
     print(f"{name} (seed {seed}): {format_row(row)}", flush=True)
