@@ -349,7 +349,8 @@ def print_summary(report: dict[str, Any], out_dir: str | os.PathLike | None, nam
     if starts:
         print(f"\n{starts['n_starts']} starts (the lowest final loss is kept)")
         for s in starts["starts"]:
-            kept = "  ← kept" if s["start"] == starts["best"] else ""
+            mark = "  ← kept" if report.get("status") == "finished" else "  ← stopped here"
+            kept = mark if s["start"] == starts["best"] else ""
             print(
                 f"  {s['run_folder'] or 'start ' + str(s['start']):<14}"
                 f"{s['sirt_iterations']:>3} SIRT sweeps, {s['voxel_size_A']:.3g} Å voxels: "
@@ -358,6 +359,7 @@ def print_summary(report: dict[str, Any], out_dir: str | os.PathLike | None, nam
     if out_dir is not None:
         if names is None:
             names = [p.name for p in pathlib.Path(out_dir).iterdir() if not p.is_dir()]
+        names = [n for n in names if (pathlib.Path(out_dir) / n).exists()]  # made so far
         print(f"\noutputs: {out_dir}/ ({', '.join(sorted(names))})")
 
 

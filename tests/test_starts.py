@@ -105,6 +105,9 @@ def test_the_app_runs_starts_into_one_guarded_run_folder(series, tmp_path, capsy
     # max_phases counts phases per call, as for one run: start 1 stops after its first
     assert "stopped as max_phases asked, in start 1 of 2, after 1 of 2 phases" in text
     assert str(out / "start_0" / "atoms.extxyz") in text
+    assert "interrupted  ← stopped here" in text
+    listed = next(line for line in text.splitlines() if line.startswith("outputs:"))
+    assert "start_0" in listed and "report.json" not in listed  # only what exists so far
     record = runfolder.read_record(out)
     assert record["status"] == "interrupted" and record["parts"] == ["start_0", "start_1"]
     assert runfolder.inspect(out).has_checkpoint  # resumable through its parts
