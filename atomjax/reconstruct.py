@@ -272,11 +272,7 @@ def reconstruct(
                                  max_phases, initial_positions_A, record, stop)  # fmt: skip
         except BaseException as e:
             if run is not None:
-                aborted = isinstance(e, KeyboardInterrupt)
-                run.update(
-                    status="interrupted" if aborted else "failed",
-                    error="stopped at once by a second signal" if aborted else repr(e)[:2000],
-                )
+                run.record_error(e)
             raise
     a = outcome.params.atoms.alive_numpy()
     out = out if writer else None

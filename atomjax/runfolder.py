@@ -210,6 +210,15 @@ class RunFolder:
         self.record.update(fields, updated_at=_now())
         outputs.write_json(self.path / RUN_JSON, self.record)
 
+    def record_error(self, error: BaseException) -> None:
+        """Record that the run ended by ``error``: "interrupted" for a second signal
+        (KeyboardInterrupt), else "failed" with the error."""
+        aborted = isinstance(error, KeyboardInterrupt)
+        self.update(
+            status="interrupted" if aborted else "failed",
+            error="stopped at once by a second signal" if aborted else repr(error)[:2000],
+        )
+
     def add_outputs(self, *names: str) -> None:
         made = list(self.record.get("outputs") or [])
         made += [n for n in names if n not in made]

@@ -11,11 +11,16 @@ result is the start whose fit ends at the lowest loss: the same images, the same
 and the same loss, so the losses compare (the atom counts of the measured starts
 differed by at most 7 in 270, and no penalty for that is applied).
 
+The other starts also measure what the choice of minimum costs: each atom's σ is
+widened by the spread of their atoms around the winner's
+(:func:`atomjax.uncertainty.search_variance`, :func:`with_search`).
+
 It costs a fit per start, so it is not the default (one start:
-:func:`atomjax.reconstruct.reconstruct`). With a run folder every start gets its own,
-``start_<k>/`` (guarded, resumable and interruptible as any run folder), and the folder
-itself gets ``starts.json`` (every start's loss and settings, and which one won) and a
-copy of the winner's ``atoms.extxyz``.
+:func:`atomjax.reconstruct.reconstruct`). With a run folder the whole is one guarded
+run folder (``atomjax-reconstruct starts=4``): every start gets its own, ``start_<k>/``,
+and the folder itself gets ``starts.json`` (every start's loss and settings, and which
+one won) and the winner's report.json, atoms.extxyz (with the widened σ) and figures;
+it is resumed and interrupted as one run.
 """
 
 from __future__ import annotations
@@ -125,10 +130,7 @@ def reconstruct_starts(
                                            progress, figures, max_phases, stop)  # fmt: skip
         except BaseException as e:
             if run is not None:
-                aborted = isinstance(e, KeyboardInterrupt)
-                run.update(status="interrupted" if aborted else "failed",
-                           error="stopped at once by a second signal" if aborted
-                           else repr(e)[:2000])  # fmt: skip
+                run.record_error(e)
             raise
         finished = len(results) == len(configs) and results[-1].report["status"] == "finished"
         if finished:
@@ -148,12 +150,20 @@ def reconstruct_starts(
             sigmas, report["uncertainty"] = with_search(winner, others, series.atoms_positions_A)
         if run is not None:
             if finished:
+                widened = sigmas is not winner.sigmas
                 for name in WINNER_FILES:
+                    if widened and name in ("atoms.extxyz", "atoms_sigma.png"):
+                        continue  # written anew with the widened σ
                     if (out / names[best] / name).is_file():
                         shutil.copy2(out / names[best] / name, out / name)
-                if sigmas is not winner.sigmas:
-                    _write_sigmas(out, sigmas, series.atoms_positions_A,
-                                  figures and (out / "atoms_sigma.png").is_file())  # fmt: skip
+                if widened:
+                    _write_sigmas(
+                        out / names[best],
+                        out,
+                        sigmas,
+                        series.atoms_positions_A,
+                        figures and (out / names[best] / "atoms_sigma.png").is_file(),
+                    )
                 outputs.write_json(out / "report.json", report)
             outputs.write_json(out / STARTS_FILE, starts_record)
             run.update(status=report["status"], best=best, error=None,
@@ -177,24 +187,22 @@ def with_search(winner: Result, others, truth_A=None) -> tuple[dict, dict]:
         sigmas[name.replace("sigma_", "sigma_search_")] = np.sqrt(var[:, j])
     before = winner.report.get("uncertainty") or {}
     u = {**uncertainty.summary(sigmas), "seconds": before.get("seconds")}
-    search_pm = np.sqrt(var.sum(1)) * 100.0
     u["search"] = {
         "fits_compared": len(others),
         "neighbours": uncertainty.SEARCH_NEIGHBOURS,
-        "sigma_search_pm": {"median": float(np.median(search_pm)),
-                            "p10": float(np.percentile(search_pm, 10)),
-                            "p90": float(np.percentile(search_pm, 90))},
-    }  # fmt: skip
+        "sigma_search_pm": uncertainty.percentiles(np.sqrt(var.sum(1)) * 100.0),
+    }
     u["statistical"] = {k: before[k] for k in ("predicted_rmsd_pm", "calibration") if k in before}
     if truth_A is not None:
         u["calibration"] = uncertainty.calibrate(winner.positions_A, sigmas, truth_A)
     return sigmas, u
 
 
-def _write_sigmas(out: pathlib.Path, sigmas: dict, truth_A, figure: bool) -> None:
-    """The run folder's atoms.extxyz (the winner's copy) with the widened σ columns and the
-    search's own (``sigma_search_x_A`` …), and its σ figure redrawn."""
-    back = outputs.read_extxyz(out / "atoms.extxyz")
+def _write_sigmas(winner_dir: pathlib.Path, out: pathlib.Path, sigmas: dict, truth_A,
+                  figure: bool) -> None:  # fmt: skip
+    """The run folder's atoms.extxyz: the winner's, with the widened σ columns and the
+    search's own (``sigma_search_x_A`` …); and its σ figure for them."""
+    back = outputs.read_extxyz(winner_dir / "atoms.extxyz")
     columns = dict(back["columns"])
     columns.update({k: np.asarray(v, float) for k, v in sigmas.items() if k.startswith("sigma_")})
     outputs.write_extxyz(out / "atoms.extxyz", back["positions_A"], back["widths_A2"],
@@ -244,4 +252,5 @@ __all__ = [
     "reconstruct_starts",
     "start_configs",
     "start_folder",
+    "with_search",
 ]

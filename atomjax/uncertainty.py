@@ -314,7 +314,7 @@ def summary(sigmas: dict[str, Any]) -> dict[str, Any]:
     for j, name in enumerate(SIGMA_NAMES):
         v = sigmas[name] * (100.0 if j < 3 else 1.0)
         key = name.replace("_A", "_pm") if j < 3 else name
-        out[key] = {"median": _q(v, 50), "p10": _q(v, 10), "p90": _q(v, 90)}
+        out[key] = percentiles(v)
     out["predicted_rmsd_pm"] = float(np.sqrt((xyz**2).sum(1).mean()) * 100) if len(xyz) else None
     return out
 
@@ -401,6 +401,12 @@ def search_variance(winner_A, others_A, cutoff_A: float = 0.75,
 
 def _q(v, q) -> float | None:
     return float(np.percentile(v, q)) if len(v) else None
+
+
+def percentiles(v) -> dict[str, float | None]:
+    """The median and 10th / 90th percentiles of ``v`` (None when it is empty), as
+    report.json gives distributions."""
+    return {"median": _q(v, 50), "p10": _q(v, 10), "p90": _q(v, 90)}
 
 
 def format_calibration(cal: dict[str, Any]) -> str:

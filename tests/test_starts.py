@@ -152,3 +152,28 @@ def test_a_bad_start_count_is_refused_before_any_work(tmp_path, bad):
     with pytest.raises(ValueError, match="n_starts must be an integer from 1 to 4"):
         _run_app([f"starts={bad}", "data=file", "data.path=missing.npz"], out)
     assert not out.exists()
+
+
+def test_a_stop_between_two_starts_ends_the_run_as_interrupted(series, tmp_path, monkeypatch):
+    from atomjax import interrupt
+
+    real = starts.reconstruct
+
+    def then_a_signal(*args, **kwargs):  # a SIGINT lands as the first start ends
+        result = real(*args, **kwargs)
+        interrupt._ACTIVE[-1].request("SIGINT")
+        return result
+
+    monkeypatch.setattr(starts, "reconstruct", then_a_signal)
+    out = tmp_path / "run"
+    result = starts.reconstruct_starts(series, FAST, n_starts=2, out_dir=out, progress=False,
+                                       figures=False)  # fmt: skip
+    assert result.report["status"] == "interrupted" and result.report["stopped_by"] == "SIGINT"
+    assert [s["status"] for s in result.report["starts"]["starts"]] == ["finished"]
+    assert runfolder.read_record(out)["status"] == "interrupted"
+    assert not (out / "start_1").exists() and not (out / "report.json").exists()
+    # resumed, the second start runs and the run ends
+    monkeypatch.setattr(starts, "reconstruct", real)
+    again = starts.reconstruct_starts(series, FAST, n_starts=2, out_dir=out, resume=True,
+                                      progress=False, figures=False)  # fmt: skip
+    assert again.report["status"] == "finished" and len(again.report["starts"]["starts"]) == 2
