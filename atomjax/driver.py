@@ -36,7 +36,7 @@ from .atoms import Atoms
 from .background import initial_background
 from .detection import significance, threshold_z
 from .fit import Params, Rates
-from .optimizers import FitData, make_optimizer, max_displacement_A
+from .optimizers import FitData, fitted_extra, make_optimizer, max_displacement_A
 from .problem import (
     calibrate_amplitudes,
     make_probe,
@@ -199,7 +199,7 @@ def resumed_fit(series, config, folder, probe, background, dtype, method: str):
     params = Params(atoms, jnp.zeros((series.n_angles, 3), dtype), probe, bg,
                     initial_pose(series, config, dtype))  # fmt: skip
     rates = Rates(tuple((k, float(v)) for k, v in meta["rates"]))
-    optimizer = make_optimizer(method, config.optim, rates, config.mode == "adaptive")
+    optimizer = make_optimizer(method, config.optim, rates, fitted_extra(probe))
     params, state = checkpoint.load(folder, (params, optimizer.init(params)))
     fit = FitState(
         params, state, rates, meta["history"], int(meta["phase"]), int(meta.get("step", 0)),
@@ -247,9 +247,9 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         params, rates, history = new_fit(series, config, observed_np, euler, setup, probe,
                                          background, start, initial_positions_A,
                                          progress)  # fmt: skip
-        state = make_optimizer(method, opt, rates, config.mode == "adaptive").init(params)
+        state = make_optimizer(method, opt, rates, fitted_extra(probe)).init(params)
         fit = FitState(params, state, rates, history)
-    optimizer = make_optimizer(method, opt, fit.rates, config.mode == "adaptive")
+    optimizer = make_optimizer(method, opt, fit.rates, fitted_extra(probe))
     if meta is not None and meta.get("angle_chunk"):
         setup = dataclasses.replace(setup, angle_chunk=int(meta["angle_chunk"]))
     else:

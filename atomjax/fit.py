@@ -40,6 +40,7 @@ from . import pose as pose_lib
 from .atoms import Atoms
 from .loss import LOSSES
 from .render import FixedProbe, ImagingSetup, PhysicalProbe, PixelProbe, render_series
+from .tail import TailKernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class OptimConfig:
     lr_astigmatism_A: float = 1.0
     lr_astigmatism_angle_rad: float = 0.01
     lr_cs_A: float = 0.0
+    lr_tail: float = 0.05  # the profile tail's logit share and log width (Adam; LM: Gauss–Newton)
     lr_decay_per_phase: float = 0.8
     width_min_A2: float = 0.05
     tie_widths: bool = False  # one width B for every atom (a single element), fitted
@@ -163,7 +165,7 @@ class Params(eqx.Module):
 
     atoms: Atoms
     drift_A: jax.Array  # (m, 3)
-    probe: Any = None  # None | FixedProbe | PixelProbe | PhysicalProbe
+    probe: Any = None  # None | FixedProbe | PixelProbe | PhysicalProbe | tail.TailKernel
     background: jax.Array | None = None  # (m,)
     pose: Any = None  # None | atomjax.pose.Pose
 
@@ -204,6 +206,8 @@ _GROUPS = {
     "C12_A": ("astigmatism", "lr_astigmatism_A"),
     "phi12_rad": ("astigmatism_angle", "lr_astigmatism_angle_rad"),
     "C30_A": ("cs", "lr_cs_A"),
+    "share_logit": ("tail", "lr_tail"),
+    "log_width_A2": ("tail", "lr_tail"),
     **pose_lib.GROUPS,
 }
 
@@ -440,7 +444,9 @@ def resize_state(opt_state, new_params: Params, source: np.ndarray, config, rate
 
 
 def probe_kind(probe) -> str:
-    for cls, name in ((FixedProbe, "fixed"), (PixelProbe, "pixel"), (PhysicalProbe, "physical")):
+    kinds = ((FixedProbe, "fixed"), (PixelProbe, "pixel"), (PhysicalProbe, "physical"),
+             (TailKernel, "tail"))  # fmt: skip
+    for cls, name in kinds:
         if isinstance(probe, cls):
             return name
     return "none"

@@ -12,7 +12,10 @@ whatever the state is in checkpoints. Two implementations:
   and on the per-image pose and shifts where they are fitted (:mod:`atomjax.levenberg`);
   MSE or Poisson loss, one device, all images every step;
 * :class:`LevenbergMarquardtWithProbe` — adaptive mode: those steps with the probe
-  held, each followed by ``optim.lm_probe_steps`` Adam steps on the probe alone.
+  held, each followed by ``optim.lm_probe_steps`` Adam steps on the probe alone;
+* :class:`LevenbergMarquardtWithTail` — direct mode with the atoms' profile tail
+  (:mod:`atomjax.tail`): those steps with the tail held, each piece of them followed
+  by Gauss–Newton steps on the tail's two parameters.
 
 :func:`make_optimizer` picks one from ``OptimConfig.method`` ("auto": Levenberg–
 Marquardt where it applies, else Adam).
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import fit, levenberg
+from . import fit, levenberg, tail
 from .fit import OptimConfig, Params, Rates
 
 METHODS = ("auto", "adam", "lm")
@@ -161,6 +164,36 @@ class LevenbergMarquardtWithProbe:
         return {**lm.describe(state[0]), **adam.describe(state[1])}
 
 
+@dataclasses.dataclass(frozen=True)
+class LevenbergMarquardtWithTail:
+    """Levenberg–Marquardt steps on the atoms, the background and the pose with the
+    tail kernel held (LM moves only those), then :data:`atomjax.tail.ITERATIONS`
+    Gauss–Newton steps on the kernel with everything else held (:func:`atomjax.tail.refine`)."""
+
+    config: OptimConfig
+    rates: Rates
+    name: str = "lm"
+
+    def _lm(self) -> LevenbergMarquardt:
+        return LevenbergMarquardt(self.config, self.rates)
+
+    def init(self, params):
+        return self._lm().init(params)
+
+    def resize(self, state, new_params, source):
+        return self._lm().resize(state, new_params, source)
+
+    def run(self, params, state, phase, keys, data):
+        params, state, losses, n_bad = self._lm().run(params, state, phase, keys, data)
+        if self.rates.as_dict().get("tail", 0.0) > 0:
+            params = tail.refine(params, data.observed, data.euler_rad, data.setup,
+                                 self.config.loss)  # fmt: skip
+        return params, state, losses, n_bad
+
+    def describe(self, state):
+        return self._lm().describe(state)
+
+
 def lm_limits(config: OptimConfig, mode: str, probe_fit: str, shard_devices):
     """Why Levenberg–Marquardt cannot fit this run (a list of reasons; empty: it can)."""
     why = []
@@ -186,13 +219,32 @@ def resolve_method(config: OptimConfig, mode: str, probe_fit: str = "pixel",
     return config.method
 
 
+#: what the fit moves besides the atoms, background and pose -> its Levenberg–Marquardt
+_LM_WITH = {None: LevenbergMarquardt, "probe": LevenbergMarquardtWithProbe,
+            "tail": LevenbergMarquardtWithTail}  # fmt: skip
+
+
+def fitted_extra(probe) -> str | None:
+    """What of ``probe`` (a :class:`atomjax.fit.Params`' probe) the fit moves: "probe"
+    (adaptive mode's pixel or physical probe), "tail" (direct mode's profile tail) or
+    None (no probe, or rigid mode's fixed one)."""
+    if isinstance(probe, tail.TailKernel):
+        return "tail"
+    if isinstance(probe, fit.PixelProbe | fit.PhysicalProbe):
+        return "probe"
+    return None
+
+
 def make_optimizer(
-    method: str, config: OptimConfig, rates: Rates, fits_probe: bool = False
+    method: str, config: OptimConfig, rates: Rates, fitted: str | None = None
 ) -> Optimizer:
-    """The optimizer for a resolved ``method`` ("adam" or "lm"); ``fits_probe``: the
-    probe is fitted too (adaptive mode)."""
+    """The optimizer for a resolved ``method`` ("adam" or "lm"); ``fitted``: what else
+    is fitted (:func:`fitted_extra`): "probe" (adaptive mode), "tail" or None. Adam fits
+    every group with a learning rate, whatever it is."""
+    if fitted not in _LM_WITH:
+        raise ValueError(f"fitted must be one of {sorted(_LM_WITH, key=str)}, got {fitted!r}")
     if method == "lm":
-        return (LevenbergMarquardtWithProbe if fits_probe else LevenbergMarquardt)(config, rates)
+        return _LM_WITH[fitted](config, rates)
     if method == "adam":
         return Adam(config, rates)
     raise ValueError(f"unknown optimizer {method!r}; choose one of {METHODS}")
@@ -213,7 +265,9 @@ __all__ = [
     "FitData",
     "LevenbergMarquardt",
     "LevenbergMarquardtWithProbe",
+    "LevenbergMarquardtWithTail",
     "PROBE_GROUPS",
+    "fitted_extra",
     "Optimizer",
     "make_optimizer",
     "max_displacement_A",

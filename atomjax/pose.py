@@ -92,8 +92,9 @@ def fitted(config) -> dict[str, bool]:
 
 def has_depth(tree) -> bool:
     """Whether a Params-like tree renders with depth (a probe: rigid or adaptive), where
-    the shifts' w matters; in direct mode it has no effect."""
-    return tree.probe is not None
+    the shifts' w matters; in direct mode (with or without its profile tail, whose
+    kernel has no depth) it has no effect."""
+    return tree.probe is not None and getattr(tree.probe, "has_depth", True)
 
 
 def wanted(config) -> bool:

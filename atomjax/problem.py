@@ -28,6 +28,7 @@ from .render import (
     depth_basis,
     render_series,
 )
+from .tail import TailKernel
 
 
 def make_setup(series: TiltSeries, config) -> ImagingSetup:
@@ -100,7 +101,7 @@ def probe_settings(series: TiltSeries, config) -> ProbeSettings | None:
 
 def make_probe(series: TiltSeries, config, setup: ImagingSetup):
     if config.mode == "direct":
-        return None
+        return TailKernel.create() if config.profile_tail else None
     settings = probe_settings(series, config)
     if settings is None:
         raise ValueError(

@@ -92,6 +92,12 @@ class ReconstructConfig:
     None (the series' own, no shifts), "estimate" (the pre-alignment from the images:
     centre of mass and common line) or an alignment file (``atomjax-align``'s output,
     or a run folder's ``alignment_refined.json``).
+    profile_tail (direct mode): give every atom the two-Gaussian profile of
+    :mod:`atomjax.tail` — a share w of its intensity in a Gaussian ΔB wider — with w and
+    ΔB shared by all atoms and fitted; the image is the atoms convolved with one kernel.
+    None (the default): on with ``refine_pose`` in direct mode, where it removes the
+    per-image bias the one-Gaussian profile puts on the tilts (0.13–0.18° → 0.02–0.04°
+    RMS, ``benchmarks/bench_alignment.py``), else off (it costs 25–50 % more time).
     refine_pose: refine the tilt offsets, the tilt axis and the shifts in the fit
     (:mod:`atomjax.pose`), with the learning rates of :data:`REFINE_POSE_RATES` where
     ``optim`` gives none; the run folder then holds the refined ``alignment_refined.json``.
@@ -120,6 +126,7 @@ class ReconstructConfig:
     checkpoint: bool = True
     uncertainty: bool = True
     align: str | None = None
+    profile_tail: bool | None = None
     refine_pose: bool = False
     seed: int = 0
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
@@ -173,6 +180,17 @@ class ReconstructConfig:
                 )
         if not isinstance(self.refine_pose, (bool, np.bool_)):
             raise ValueError(f"refine_pose must be a bool, got {self.refine_pose!r}")
+        if self.profile_tail is None:  # resolved once: what runs is what is recorded
+            object.__setattr__(
+                self, "profile_tail", bool(self.refine_pose and self.mode == "direct")
+            )
+        if not isinstance(self.profile_tail, (bool, np.bool_)):
+            raise ValueError(f"profile_tail must be a bool or None, got {self.profile_tail!r}")
+        if self.profile_tail and self.mode != "direct":
+            raise ValueError(
+                f"profile_tail is for mode 'direct'; mode {self.mode!r} convolves the atoms "
+                "with a probe already (a fitted one in mode 'adaptive')"
+            )
         pose_rates = (*REFINE_POSE_RATES, "lr_rotation_deg")
         if self.refine_pose and not any(getattr(optim, k) > 0 for k in pose_rates):
             optim = dataclasses.replace(optim, **REFINE_POSE_RATES)

@@ -472,7 +472,9 @@ def render_series(
 
     ``probe``: None (direct mode), or an object with ``intensities(setup)`` returning a
     (n_slices, nu, nv) stack (:class:`FixedProbe`, :class:`PixelProbe`,
-    :class:`PhysicalProbe`); a raw array is taken as a fixed stack.
+    :class:`PhysicalProbe`), or one whose ``image_operator(setup, dtype)`` gives a
+    function applied to each direct-mode image (:class:`atomjax.tail.TailKernel`); a raw
+    array is taken as a fixed stack.
     """
     m = euler_rad.shape[0]
     if euler_rad.shape != (m, 3) or drift_A.shape != (m, 3):
@@ -483,7 +485,10 @@ def render_series(
     pos, width, amp = atoms.masked()
     alive = atoms.alive
     per_image = getattr(probe, "per_image", False)
-    if probe is None or per_image:
+    image_op = hasattr(probe, "image_operator")  # an operator on direct mode's images
+    if image_op:
+        apply_op = probe.image_operator(setup, pos.dtype)
+    if probe is None or per_image or image_op:
         probe_ft = None
     else:
         stack = probe.intensities(setup) if hasattr(probe, "intensities") else probe
@@ -511,7 +516,8 @@ def render_series(
 
     def one(view):
         ft = probe_fourier(probe.intensities(setup, view[6]), setup) if per_image else probe_ft
-        return _image(pos, width, amp, alive, view[:3], view[3:6], ft, setup)
+        image = _image(pos, width, amp, alive, view[:3], view[3:6], ft, setup)
+        return apply_op(image) if image_op else image
 
     @jax.checkpoint
     def chunk_images(views_chunk):

@@ -193,6 +193,8 @@ def _angle_label(euler_deg) -> str:
 def _probe_report(probe) -> dict[str, Any]:
     kind = probe_kind(probe)
     out: dict[str, Any] = {"kind": kind}
+    if hasattr(probe, "describe"):  # the profile tail: its share and extra width
+        out.update(probe.describe())
     if isinstance(probe, PhysicalProbe):
         out["settings"] = probe.settings.to_dict()
         if probe.focus_offsets_A is not None:

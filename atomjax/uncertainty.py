@@ -23,7 +23,9 @@ noise gives b ≈ 0 (σ² = a), Poisson counts a ≈ 0 (σ² = μ / counts-per-u
 mixtures both, so one rule serves the MSE and Poisson losses.
 
 The footprints are those of direct projection: in the rigid and adaptive modes the
-probe's blur is not in them, and the σ are those of the direct model.
+probe's blur is not in them, and the σ are those of the direct model. Direct mode's
+profile tail (:mod:`atomjax.tail`) is in them: each footprint is then the sum of two
+separable Gaussians, and the sums run over the wider one's window.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from . import geometry
 from .atoms import Atoms
 from .batched_linalg import leading_block_of_inverse, spd_inverse
 from .blocks import N_PARAMS, to_xyz
+from .tail import TailKernel
 
 #: the standard deviations, in the order of the Fisher blocks (x, y, z, B, H)
 SIGMA_NAMES = ("sigma_x_A", "sigma_y_A", "sigma_z_A", "sigma_width_A2", "sigma_amplitude")
@@ -93,6 +96,11 @@ def _profiles(offset, coord_A, widths_A2, ps):
 _TERMS_TO_PARAMS = np.array(
     [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]], np.float64
 )
+#: ... and with the profile tail (:mod:`atomjax.tail`): those five for the core and
+#: for the tail, and a sixth for the tail's scale changing with B (rows: terms)
+_TAIL_TERMS_TO_PARAMS = np.concatenate(
+    [_TERMS_TO_PARAMS, _TERMS_TO_PARAMS, np.array([[0], [0], [1], [0]], np.float64)], 1
+)
 
 
 def _terms(h, prof_u, prof_v):
@@ -106,13 +114,36 @@ def _terms(h, prof_u, prof_v):
     return u, v
 
 
-def _gram(own, other, w):
+def _atom_terms(h, offset_u, u0, offset_v, v0, widths_A2, ps, tail):
+    """J's terms of atoms at (u0, v0) on pixels (offset_u, offset_v) (…, w): the five of
+    :func:`_terms`, or with ``tail`` = (w, ΔB) the eleven of the profile
+    (1 − w)·g_B + w·B/(B + ΔB)·g_(B+ΔB) (:data:`_TAIL_TERMS_TO_PARAMS`)."""
+
+    def terms(width):
+        prof_u = _profiles(offset_u, u0, width, ps)
+        return _terms(h, prof_u, _profiles(offset_v, v0, width, ps)), prof_u[0]
+
+    (u, v), _ = terms(widths_A2)
+    if tail is None:
+        return u, v
+    share, extra = tail
+    (ut, vt), g_u = terms(widths_A2 + extra)
+    scale = share * widths_A2 / (widths_A2 + extra)  # the tail's peak, relative to H
+    dscale = share * extra / (widths_A2 + extra) ** 2  # ... its change with B
+    g_v = vt[..., 0, :]  # g ⊗ g, the H term's v profile
+    u = jnp.concatenate([(1 - share) * u, scale[..., None, None] * ut,
+                         (h * dscale)[..., None, None] * g_u[..., None, :]], -2)  # fmt: skip
+    v = jnp.concatenate([v, vt, g_v[..., None, :]], -2)
+    return u, v
+
+
+def _gram(own, other, w, t):
     """(n, k, 4, 4) Σ_pixels w J_a J_bᵀ over a's window: ``own`` the terms of a
-    ((n, 5, w) each), ``other`` those of each b on a's window ((n, k, 5, w) each)."""
+    ((n, T, w) each), ``other`` those of each b on a's window ((n, k, T, w) each), ``t``
+    the (4, T) map from terms to parameters."""
     (ua, va), (ub, vb) = own, other
     x = jnp.einsum("nab,nsb,nktb->nkast", w, va, vb)
     g = jnp.einsum("nsa,nkta,nkast->nkst", ua, ub, x)
-    t = jnp.asarray(_TERMS_TO_PARAMS, g.dtype)
     return jnp.einsum("ps,nkst,qt->nkpq", t, g, t)
 
 
@@ -132,13 +163,15 @@ def fisher_pairs(
     setup,
     background: bool = True,
     uniform: bool = False,
+    tail=None,
 ) -> Float[Array, "n t 5 5"]:
     """The Fisher blocks F_ab - Σ_j b_aj b_bjᵀ / F_bb,j (the backgrounds b eliminated;
     ``background=False``: F_ab, the backgrounds known) for atom a and each atom
     b = table[a, s] (n, t, 5, 5), summed over the images with per-pixel weights
     ``weights``. F_ab is summed over a's window (J_a vanishes outside). ``uniform``: the
     weights are one value (Gaussian noise), and every sum over the window is a product
-    of two 1-D sums, w times cheaper."""
+    of two 1-D sums, w times cheaper. ``tail``: None, or the profile tail's (share w,
+    extra width ΔB) (:mod:`atomjax.tail`), whose footprints are then the atoms'."""
     pos, widths, amps = atoms.masked()
     ps, r = setup.pixel_size_A, setup.radius_px
     nu, nv = setup.image_shape
@@ -154,13 +187,10 @@ def fisher_pairs(
         in_u, in_v = (iu >= 0) & (iu < nu), (iv >= 0) & (iv < nv)
         iu_c = jnp.clip(iu, 0, nu - 1).astype(jnp.int32)
         iv_c = jnp.clip(iv, 0, nv - 1).astype(jnp.int32)
-        own = _terms(
-            amps, _profiles(cu, uvw[:, 0], widths, ps), _profiles(cv, uvw[:, 1], widths, ps)
-        )
-        pu = _profiles(cu[:, None, :], uvw[table, 0], widths[table], ps)  # b on a's window
-        pv = _profiles(cv[:, None, :], uvw[table, 1], widths[table], ps)
-        other = _terms(amps[table], pu, pv)
-        t = jnp.asarray(_TERMS_TO_PARAMS, pos.dtype)
+        own = _atom_terms(amps, cu, uvw[:, 0], cv, uvw[:, 1], widths, ps, tail)
+        other = _atom_terms(amps[table], cu[:, None, :], uvw[table, 0], cv[:, None, :],
+                            uvw[table, 1], widths[table], ps, tail)  # b on a's window  # fmt: skip
+        t = jnp.asarray(_TERMS_TO_PARAMS if tail is None else _TAIL_TERMS_TO_PARAMS, pos.dtype)
         if uniform:  # w ⊗ w-separable: the image edge masks the profiles
             w0 = w_img[0, 0]
             ua, va = own[0] * in_u[:, None, :], own[1] * in_v[:, None, :]
@@ -170,7 +200,7 @@ def fisher_pairs(
         else:
             w = w_img[iu_c[:, :, None], iv_c[:, None, :]]  # (n, w, w): a's window
             w = w * (in_u[:, :, None] & in_v[:, None, :])
-            f_ab = _gram(own, other, w)
+            f_ab = _gram(own, other, w, t)
             # the background: Σ w J_a over a's window, and F_bb = Σ w over the image
             b_a = jnp.einsum("ps,nsa,nab,nsb->np", t, own[0], w, own[1])  # (n, 4)
         if background:
@@ -286,14 +316,20 @@ def atom_sigmas(params, observed, calc, euler_rad, setup, k: int = N_NEIGHBOURS,
     atoms = Atoms(*(x[live] for x in (params.atoms.positions_A, params.atoms.widths_A2,
                                        params.atoms.amplitudes, params.atoms.alive)))  # fmt: skip
     table = pair_table(np.asarray(atoms.positions_A), k, cutoff_A)
-    setup = window_setup(setup, np.asarray(atoms.widths_A2), truncation)
+    tail = None
+    widest = np.asarray(atoms.widths_A2)
+    if isinstance(params.probe, TailKernel):  # the footprints carry the profile tail
+        tail = (params.probe.share, params.probe.width_A2)
+        widest = widest + float(tail[1])  # the windows widened as the tail widens atoms
+        setup = dataclasses.replace(setup, max_width_A2=setup.max_width_A2 + float(tail[1]))
+    setup = window_setup(setup, widest, truncation)
     unknown = set(known) - {"widths", "amplitudes", "background"}
     if unknown:
         raise ValueError(f"known must name widths, amplitudes or background, got {unknown}")
     pairs = fisher_pairs(atoms, params.euler(euler_rad), params.drift_A, weights,
                          jnp.asarray(table), setup,
                          background="background" not in known,
-                         uniform=noise["b"] == 0)  # fmt: skip
+                         uniform=noise["b"] == 0, tail=tail)  # fmt: skip
     members, index, transpose = patches(table, k)
     free = np.array([1, 1, 1, "widths" not in known, "amplitudes" not in known], float)
     cov = np.asarray(patch_covariance(pairs, index, transpose, atoms.alive, free))

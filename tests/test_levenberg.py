@@ -176,7 +176,7 @@ def test_lm_with_probe_fits_atoms_and_focus_together():
     keys = jax.random.split(jax.random.PRNGKey(0), 20)
     losses = {}
     for fits_probe in (False, True):
-        opt = optimizers.make_optimizer("lm", config, rates, fits_probe=fits_probe)
+        opt = optimizers.make_optimizer("lm", config, rates, "probe" if fits_probe else None)
         new, state, loss, _ = opt.run(params, opt.init(params), 0, keys, data)
         losses[fits_probe] = float(jnp.mean((new.images(euler, setup) - observed) ** 2))
         if fits_probe:

@@ -25,16 +25,17 @@ def _cluster(n, min_distance_A, seed=0, m=7, capacity=None):
     return fit.Params(atoms, drift, None, jnp.full(m, 0.1)), euler
 
 
-def _dense_covariance(params, euler, weights, positions_only=False):
+def _dense_covariance(params, euler, weights, positions_only=False, setup=SETUP):
     """The live atoms' 5 × 5 blocks of F⁻¹, F = Jᵀ W J of every atom parameter and every
     background (or of the positions alone), J by forward-mode autodiff of the renderer
-    (the slow reference)."""
+    (the slow reference; with the params' probe, e.g. the profile tail)."""
     atoms = params.atoms
     n, m = atoms.capacity, euler.shape[0]
 
     def images(theta, bg):
         a = Atoms(theta[:, :3], theta[:, 3], theta[:, 4], atoms.alive)
-        return (render_series(a, euler, params.drift_A, None, SETUP) + bg[:, None, None]).ravel()
+        calc = render_series(a, euler, params.drift_A, params.probe, setup)
+        return (calc + bg[:, None, None]).ravel()
 
     theta = jnp.concatenate([atoms.positions_A, atoms.widths_A2[:, None],
                              atoms.amplitudes[:, None]], 1)  # fmt: skip
@@ -99,6 +100,38 @@ def test_patch_covers_everything_equals_the_dense_inverse(n, spacing_A, noise):
     ratio = np.stack([small[k] / np.sqrt(np.diagonal(dense, axis1=1, axis2=2))[:, j]
                       for j, k in enumerate(uncertainty.SIGMA_NAMES)])  # fmt: skip
     assert ratio.max() < 1 + 1e-6 and ratio.min() > 0.85
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_with_the_profile_tail_the_patch_equals_the_dense_inverse(noise):
+    """Direct mode's profile tail (atomjax.tail): each footprint the sum of two
+    Gaussians, and σ from the patches equal the dense inverse of the renderer's own
+    Jacobian, kernel and all; the tail's wider footprint carries less information."""
+    from atomjax import tail
+
+    plain, euler = _cluster(6, 2.5, capacity=8)
+    params = fit.Params(plain.atoms, plain.drift_A, tail.TailKernel.create(0.35, 1.2),
+                        plain.background)  # fmt: skip
+    setup = ImagingSetup((56, 52), 0.3, max_width_A2=1.0)  # no tail reaches round
+    clean = np.asarray(params.images(euler, setup))
+    rng = np.random.default_rng(2)
+    if noise == "gaussian":
+        observed = clean + rng.normal(0, 0.3, clean.shape)
+    else:
+        observed = rng.poisson(clean * 20.0) / 20.0
+    out = uncertainty.atom_sigmas(params, observed, None, euler, setup, k=5, cutoff_A=1e3,
+                                  truncation=None)  # fmt: skip
+    weights = uncertainty.pixel_weights(params.images(euler, setup), out["noise"])
+    dense = _dense_covariance(params, euler, weights, setup=setup)
+    # to the renderer's window truncation (1e-6 of a core's peak, then convolved)
+    np.testing.assert_allclose(out["covariance"], dense, rtol=1e-4, atol=1e-5 * np.abs(dense).max())
+    var = np.diagonal(dense, axis1=1, axis2=2)
+    np.testing.assert_allclose(out["sigma_x_A"], np.sqrt(var[:, 0]), rtol=1e-5)
+    # the default window (sized to the widest footprint) changes σ by far less than 1 %
+    default = uncertainty.atom_sigmas(params, observed, None, euler, setup, k=5, cutoff_A=1e3)
+    np.testing.assert_allclose(default["sigma_x_A"], out["sigma_x_A"], rtol=1e-3)
+    without = uncertainty.atom_sigmas(plain, observed, None, euler, setup, k=5, cutoff_A=1e3)
+    assert np.all(out["sigma_x_A"] > without["sigma_x_A"])
 
 
 def test_noise_model_tells_gaussian_from_shot_noise():
