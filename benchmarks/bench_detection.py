@@ -35,7 +35,6 @@ significance`) against the number of atoms, on amorphous Si particles of 1k-16k 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -44,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_settings_option,
     add_starts_option,
     best_time,
     deep_merge,
@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     machine,
     over_seeds,
     parse_seeds,
+    parse_settings,
     sart_volume,
     single_axis_tilts_deg,
     trace_atoms,
@@ -242,21 +243,14 @@ def main(argv=None) -> int:
                         help="comma-separated seeds, each its own simulated series (new noise, and "
                         "a new particle where the structure is random: amorphous, alloys); "
                         "with several, a summary over them (one seed is one draw)")  # fmt: skip
-    parser.add_argument("--settings", default="{}",
-                        help="JSON of atomjax settings merged over every case's, e.g. "
-                        "'{\"adapt\": {\"min_distance_A\": 1.5}}'")  # fmt: skip
+    add_settings_option(parser)
     add_starts_option(parser)
     parser.add_argument("--no-baselines", action="store_true", help="atomjax only")
     parser.add_argument("--scaling", action="store_true", help="also the rule's time vs atoms")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds, parser)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as e:
-        parser.error(f"--settings is not JSON ({e}): {args.settings!r}")
-    if not isinstance(settings, dict):
-        parser.error(f"--settings must be a JSON object, got {args.settings!r}")
+    settings = parse_settings(args.settings, parser)
     names = [n for n in args.cases.split(",") if n]
     for name in names:
         if name not in CASES:

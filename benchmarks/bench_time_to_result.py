@@ -30,7 +30,16 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import fbp_volume, machine, sart_volume, score, single_axis_tilts_deg, trace_atoms  # noqa: E402
+from common import (  # noqa: E402
+    add_settings_option,
+    fbp_volume,
+    machine,
+    parse_settings,
+    sart_volume,
+    score,
+    single_axis_tilts_deg,
+    trace_atoms,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 CACHE = HERE / "cache"
@@ -71,14 +80,15 @@ def run_voxels(method: str, series, sart_iterations: int) -> dict:
     return {"positions_A": found, "seconds": time.perf_counter() - t0}
 
 
-def run_atomjax(series) -> dict:
+def run_atomjax(series, settings: dict | None = None) -> dict:
     import jax
 
-    from atomjax.reconstruct import reconstruct
+    from atomjax.reconstruct import ReconstructConfig, reconstruct
 
     jax.clear_caches()  # compiled in memory: gone; on disk: see main()
     t0 = time.perf_counter()
-    result = reconstruct(series, progress=False, figures=False)
+    config = ReconstructConfig.from_dict(settings or {})
+    result = reconstruct(series, config, progress=False, figures=False)
     seconds = time.perf_counter() - t0
     history = result.report["history"]
     return {
@@ -113,7 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one tiny case")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     parser.add_argument("--cold-only", action="store_true", help="no atomjax+ rerun")
+    add_settings_option(parser)
     args = parser.parse_args(argv)
+    settings = parse_settings(args.settings, parser)
     cases = QUICK if args.quick else {k: CASES[k] for k in args.cases.split(",")}
     import tempfile
 
@@ -125,9 +137,10 @@ def main(argv=None) -> int:
     for name, spec in cases.items():
         series = load(name, spec, args.noise_std_rel, args.seed)
         runs = {m: run_voxels(m, series, args.sart_iterations) for m in ("fbp", "sart")}
-        runs["atomjax"] = run_atomjax(series)
+        runs["atomjax"] = run_atomjax(series, settings)
         if not args.cold_only:
-            runs["atomjax+"] = run_atomjax(series)  # compiled programs from the disk cache
+            # compiled programs from the disk cache
+            runs["atomjax+"] = run_atomjax(series, settings)
         for method, run in runs.items():
             row = {"case": name, "method": method, "n_angles": series.n_angles,
                    "image_shape": list(series.image_shape), "pixel_size_A": series.pixel_size_A,
@@ -145,7 +158,7 @@ def main(argv=None) -> int:
         write_json(args.json, {"benchmark": "time to result", "machine": machine(),
                                "date": time.strftime("%Y-%m-%d"), "noise_std_rel":
                                args.noise_std_rel, "sart_iterations": args.sart_iterations,
-                               "rows": rows})  # fmt: skip
+                               "atomjax_settings": settings, "rows": rows})  # fmt: skip
         print(f"→ {args.json}")
     return 0
 

@@ -294,6 +294,26 @@ def over_seeds(rows: list[dict], fields: tuple[str, ...], by: tuple[str, ...] = 
     return out
 
 
+def add_settings_option(parser) -> None:
+    """``--settings JSON``: atomjax settings merged over every case's (:func:`parse_settings`)."""
+    parser.add_argument("--settings", default="{}",
+                        help="JSON of atomjax settings merged over every case's, e.g. "
+                        "'{\"adapt\": {\"min_distance_A\": 1.5}}'")  # fmt: skip
+
+
+def parse_settings(text: str, parser) -> dict:
+    """The ``--settings`` JSON object, or the parser's error naming what is wrong."""
+    import json
+
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"--settings is not JSON ({e}): {text!r}")
+    if not isinstance(settings, dict):
+        parser.error(f"--settings must be a JSON object, got {text!r}")
+    return settings
+
+
 def add_starts_option(parser) -> None:
     """``--starts K``: each atomjax fit from K start tomograms (:func:`fit`)."""
     parser.add_argument("--starts", type=int, default=1, choices=range(1, 5), metavar="K",

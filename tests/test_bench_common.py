@@ -62,3 +62,20 @@ def test_the_starts_option_takes_one_to_four():
     for bad in ("0", "5", "two"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--starts", bad])
+
+
+def test_the_settings_option_reads_a_json_object_and_refuses_other_text():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench")
+    common.add_settings_option(parser)
+    args = parser.parse_args(
+        ["--settings", '{"profile_tail": true, "adapt": {"min_distance_A": 1.5}}']
+    )
+    assert common.parse_settings(args.settings, parser) == {
+        "profile_tail": True, "adapt": {"min_distance_A": 1.5}
+    }  # fmt: skip
+    assert common.parse_settings(parser.parse_args([]).settings, parser) == {}
+    for bad in ("{profile_tail: true}", "[1, 2]", "3"):
+        with pytest.raises(SystemExit):
+            common.parse_settings(bad, parser)
