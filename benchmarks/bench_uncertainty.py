@@ -31,7 +31,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import add_starts_option, fit, machine, over_seeds, parse_seeds  # noqa: E402
+from common import (  # noqa: E402
+    add_settings_option,
+    add_starts_option,
+    deep_merge,
+    fit,
+    machine,
+    over_seeds,
+    parse_seeds,
+    parse_settings,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 CACHE = HERE / "cache"
@@ -66,14 +75,17 @@ SEED_FIELDS = ("rmsd_pm", "predicted_rmsd_pm", "z_std_min", "z_std_max", "within
                "rmsd_over_sigma")  # fmt: skip
 
 
-def run_case(name: str, data: dict, overrides: dict, seed: int, n_starts: int = 1) -> dict:
+def run_case(name: str, data: dict, overrides: dict, seed: int, n_starts: int = 1,
+             settings: dict | None = None) -> dict:  # fmt: skip
+    """atomjax on case ``name`` simulated with ``seed``, its σ calibrated against the
+    truth; ``settings``: ReconstructConfig values merged over the case's own."""
     from atomjax import pipeline
     from atomjax.reconstruct import ReconstructConfig
 
     series = pipeline.load_series({"kind": "simulated", "seed": seed, **data}, cache_dir=CACHE,
                                   progress=False)  # fmt: skip
     t0 = time.perf_counter()
-    result = fit(series, ReconstructConfig(**overrides), n_starts)
+    result = fit(series, ReconstructConfig(**deep_merge(overrides, settings or {})), n_starts)
     seconds = time.perf_counter() - t0
     rep = result.report
     u = rep["uncertainty"]
@@ -166,14 +178,16 @@ def main(argv=None) -> int:
                         default=HERE.parents[1] / "shared" / "data")  # fmt: skip
     parser.add_argument("--no-asi", action="store_true", help="skip aSi_208")
     add_starts_option(parser)
+    add_settings_option(parser)
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds, parser)
+    settings = parse_settings(args.settings, parser)
     names = [n for n in args.cases.split(",") if n]
     for n in names:
         if n not in CASES:
             parser.error(f"unknown case {n!r}; known: {', '.join(CASES)}")
-    rows = [run_case(n, *CASES[n], seed, args.starts) for n in names for seed in seeds]
+    rows = [run_case(n, *CASES[n], seed, args.starts, settings) for n in names for seed in seeds]
     if not args.no_asi and (args.data_root / "aSi_208").is_dir():
         rows.append(asi_208(args.data_root.resolve()))
     print()
@@ -199,8 +213,8 @@ def main(argv=None) -> int:
 
         write_json(args.json, {"benchmark": "per-atom uncertainty", "machine": machine(),
                                "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
-                               "n_starts": args.starts, "rows": rows,
-                               "over_seeds": spread})  # fmt: skip
+                               "n_starts": args.starts, "atomjax_settings": settings,
+                               "rows": rows, "over_seeds": spread})  # fmt: skip
         print(f"→ {args.json}")
     return 0
 
