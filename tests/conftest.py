@@ -51,3 +51,20 @@ class CompileCounter:
 @pytest.fixture
 def compile_counter():
     return CompileCounter
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_stays_in_its_test():
+    """The app turns JAX's persistent compilation cache on for its whole process
+    (:func:`atomjax.compile_cache.enable`), so a test that runs it would leave it on for
+    every later test. Put it back after each test: later tests compile as in a fresh
+    process. (With it left on, the full suite crashed in a late test, a segfault inside
+    XLA's ``executable.serialize()`` on a cache write, in two runs; not in any shorter
+    sequence of test files tried.)"""
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    if jax.config.jax_compilation_cache_dir != before:
+        from jax._src import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()
