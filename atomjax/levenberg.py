@@ -34,7 +34,7 @@ from . import fit
 from . import pose as pose_lib
 from .batched_linalg import spd_inverse
 from .blocks import N_PARAMS, atom_blocks
-from .loss import LOSSES, POISSON_FLOOR
+from .loss import LOSSES, poisson_weights
 
 LM_LOSSES = ("mse", "poisson")
 _ATOM_FIELDS = ("positions_A", "widths_A2", "amplitudes")
@@ -114,8 +114,7 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
         f_vjp = jax.linear_transpose(f_jvp, d)
         loss0 = loss_of(calc)
         if poisson:  # Fisher scoring: residual and curvature weighted by 1 / model
-            c = jnp.maximum(calc, POISSON_FLOOR)
-            weight = jnp.where(calc > POISSON_FLOOR, 1.0 / c, 0.0)
+            weight = poisson_weights(calc)
             resid = (calc - observed) * weight
         else:
             weight = None
@@ -198,10 +197,7 @@ def run_steps(params: fit.Params, state: LMState, keys, observed, euler_rad, set
 
     def _pose_iteration(d, calc_d, loss_d, damping):
         lam_p, nu_p = damping
-        weight_p = None
-        if poisson:
-            c = jnp.maximum(calc_d, POISSON_FLOOR)
-            weight_p = jnp.where(calc_d > POISSON_FLOOR, 1.0 / c, 0.0)
+        weight_p = poisson_weights(calc_d) if poisson else None
         trial, predicted = pose_lib.pose_step(images, d, calc_d - observed, weight_p, config,
                                               depth, lam_p)  # fmt: skip
         trial = project(trial)

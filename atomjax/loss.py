@@ -33,6 +33,14 @@ def poisson(observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv
     return jnp.mean(c - observed + xlogy(observed, observed) - xlogy(observed, c))
 
 
+def poisson_weights(calculated: Array) -> Array:
+    """Fisher scoring's pixel weights for the Poisson loss: 1 / model intensity, 0 where
+    the model is at or below ``POISSON_FLOOR`` (there the loss clips it and its gradient
+    stops)."""
+    c = jnp.maximum(calculated, POISSON_FLOOR)
+    return jnp.where(calculated > POISSON_FLOOR, 1.0 / c, 0.0)
+
+
 def r_factor(
     observed: Float[Array, "m nu nv"], calculated: Float[Array, "m nu nv"]
 ) -> Float[Array, " m"]:

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .loss import LOSSES, POISSON_FLOOR
+from .batched_linalg import spd_inverse
+from .loss import LOSSES, poisson_weights
 
 #: where the fit starts: the share and extra width measured on Au and Pt (docstring)
 SHARE0 = 0.3
@@ -133,17 +134,10 @@ def refine(params, observed, euler_rad, setup, loss: str, n_iter: int = ITERATIO
         calc, f_jvp = jax.linearize(images, theta)
         jac = jax.vmap(f_jvp)(jnp.eye(2, dtype=theta.dtype))  # (2, m, nu, nv)
         resid = calc - observed
-        if loss == "poisson":
-            weight = jnp.where(calc > POISSON_FLOOR, 1.0 / jnp.maximum(calc, POISSON_FLOOR), 0.0)
-        else:
-            weight = jnp.ones_like(calc)
-        wj = jac * weight
+        wj = jac * poisson_weights(calc) if loss == "poisson" else jac
         a = jnp.einsum("imuv,jmuv->ij", wj, jac)
         g = jnp.einsum("imuv,muv->i", wj, resid)
-        a = a + DAMPING * jnp.diag(jnp.diagonal(a)) + 1e-30 * jnp.eye(2, dtype=a.dtype)
-        det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
-        delta = -jnp.stack([a[1, 1] * g[0] - a[0, 1] * g[1], a[0, 0] * g[1] - a[1, 0] * g[0]])
-        delta = delta / jnp.where(det > 0, det, jnp.inf)
+        delta = -spd_inverse(a + DAMPING * jnp.diag(jnp.diagonal(a))) @ g
         trial = _clip(theta + delta)
         ok = loss_fn(observed, images(trial)) < loss_fn(observed, calc)
         ok = ok & jnp.all(jnp.isfinite(trial))

@@ -106,3 +106,10 @@ def test_tilt_series_validation_names_the_problem():
         TiltSeries(images, np.zeros(3), 0.25)
     with pytest.raises(ValueError, match="drift_A"):
         TiltSeries(images, euler, 0.25, drift_A=np.zeros((2, 3)))
+
+
+def test_poisson_weights_are_one_over_the_model_and_zero_where_it_is_clipped():
+    from atomjax.loss import POISSON_FLOOR, poisson_weights
+
+    calc = jnp.asarray([2.0, 0.5, POISSON_FLOOR, 0.0, -1.0])
+    np.testing.assert_allclose(poisson_weights(calc), [0.5, 2.0, 0.0, 0.0, 0.0])

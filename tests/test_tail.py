@@ -116,3 +116,19 @@ def test_a_run_with_the_tail_fits_it_and_resumes_bit_identical(series, tmp_path)
     np.testing.assert_array_equal(resumed.positions_A, full.positions_A)
     assert resumed.report["probe"] == probe
     assert resumed.report["history"]["loss"] == full.report["history"]["loss"]
+
+
+def test_adam_fits_the_tail_as_its_own_group(series, tmp_path):
+    """Where Adam runs (mini-batches of angles, as the Ta film preset's), the tail is a
+    parameter group with ``optim.lr_tail``: it moves with the rate, stays put without."""
+    optim = {"n_phases": 1, "steps_per_phase": 40, "batch_angles": 4}
+    kw = dict(progress=False, figures=False)
+    runs = {}
+    for lr in (0.05, 0.0):
+        config = ReconstructConfig(profile_tail=True, optim={**optim, "lr_tail": lr},
+                                   init={"sirt_iterations": 5}, uncertainty=False)  # fmt: skip
+        assert config.optim.method == "adam"
+        runs[lr] = reconstruct(series, config, out_dir=tmp_path / str(lr), **kw).report["probe"]
+    assert abs(runs[0.05]["share"] - tail.SHARE0) > 1e-3
+    assert runs[0.0]["share"] == pytest.approx(tail.SHARE0, abs=1e-6)
+    assert runs[0.0]["width_A2"] == pytest.approx(tail.WIDTH0_A2, abs=1e-6)
