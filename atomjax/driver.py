@@ -13,7 +13,10 @@ Host-side and stateful (the pure work is in the optimizer's compiled pieces):
 * the run ends when a phase converged, gained less than ``optim.converge_rtol`` in all,
   and the adapt step after it changed nothing ("converged"), after ``n_phases`` phases
   ("budget"), after ``max_phases`` phases of this call, or on a signal;
-* a checkpoint after every phase and where a stop lands.
+* a checkpoint after every phase and where a stop lands;
+* once finished, ``config.restarts`` refits from the fit's own atoms jittered
+  (:mod:`atomjax.restart`, no adapt step, nothing saved: a resumed run repeats them
+  bit for bit); the lowest loss is kept and the others' atoms widen the σ.
 
 The optimizer (:mod:`atomjax.optimizers`) is held behind its interface: the driver
 never asks which one it is.
@@ -30,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import adapt, alignment, checkpoint, init, metrics, pose, report, sharding
+from . import adapt, alignment, checkpoint, init, metrics, pose, report, restart, sharding
 from .adapt_step import adapt_step
 from .atoms import Atoms
 from .background import initial_background
 from .detection import significance, threshold_z
-from .fit import Params, Rates
+from .fit import Params, Rates, objective
 from .optimizers import FitData, fitted_extra, make_optimizer, max_displacement_A
 from .problem import (
     calibrate_amplitudes,
@@ -45,7 +48,14 @@ from .problem import (
     resolve_angle_chunk,
     with_depth_rank,
 )
-from .uncertainty import SIGMA_NAMES, atom_sigmas, noise_model, pixel_weights
+from .uncertainty import (
+    atom_sigmas,
+    noise_model,
+    pixel_weights,
+    search_report,
+    search_variance,
+    widened,
+)
 
 
 def fit_data(config, observed, euler, setup) -> FitData:
@@ -87,10 +97,10 @@ def n_pieces(steps: int) -> int:
     )
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, desc: str = "fit"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="fit", unit="step", disable=not enabled, leave=True)
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=True)
 
 
 @dataclasses.dataclass
@@ -226,6 +236,164 @@ def _piece_converged(losses: np.ndarray, moved_A: float, opt) -> bool:
     return (first - last) < opt.converge_rtol * first and moved_A < opt.converge_move_A
 
 
+def run_phases(fit: FitState, optimizer, data: FitData, config, arrays, n_phases: int, last: int,
+               seed: int, bar, stop, save) -> tuple[str | None, bool]:  # fmt: skip
+    """Phases ``fit.phase`` .. ``last`` - 1 of ``n_phases`` (the adapt step after each but
+    the last of ``n_phases``), their step keys from ``seed``; ``save()`` after each phase.
+    Returns (what stopped it: a signal's name or None, whether the run converged)."""
+    observed, euler, setup, m = arrays
+    opt = config.optim
+    steps = opt.steps_per_phase
+    stopped_by = None
+    converged_run = False
+    while fit.phase < last and stopped_by is None and not converged_run:
+        phase = fit.phase
+        t_phase = time.perf_counter()
+        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), phase), steps)
+        converged = False
+        for piece in np.split(np.arange(steps), n_pieces(steps)):
+            # a few compiled scans per phase: the progress bar moves, a stop can land
+            if piece[0] < fit.step:
+                continue  # done before the checkpoint this run resumed from
+            if _agreed(stop.requested):
+                stopped_by = stop.signal_name or "request"
+                break
+            before = fit.params
+            params, state, losses, n_bad = optimizer.run(
+                fit.params, fit.state, phase, keys[piece[0] : piece[-1] + 1], data
+            )
+            fit.params, fit.state = params, state
+            losses = np.asarray(losses)
+            fit.history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
+            fit.step = int(piece[-1]) + 1
+            fit.phase_rejected += int(n_bad)
+            bar.update(len(piece))
+            bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
+            if opt.converge and _piece_converged(losses, max_displacement_A(before, params), opt):
+                converged = True
+                bar.update(steps - fit.step)  # the budget the phase did not need
+                break
+        if stopped_by is not None:
+            break
+        losses = np.asarray(
+            [np.nan if x is None else x for x in fit.history["loss"][-fit.step :]], dtype=float
+        )
+        phase_record = {
+            "phase": phase,
+            "n_steps": fit.step,
+            "converged": converged,
+            "loss_start": float(losses[0]),
+            "loss_end": float(losses[-1]),
+            "rejected_steps": fit.phase_rejected,
+            "n_atoms": fit.params.atoms.n_alive,
+            "fit_seconds": time.perf_counter() - t_phase,
+            **optimizer.describe(fit.state),
+        }
+        changed = False
+        if config.adapt_between_phases and phase < n_phases - 1:
+            t_adapt = time.perf_counter()
+            params, source, counts = adapt_step(
+                *off_mesh(fit.params, None, m)[:1], observed, euler, setup, config
+            )
+            state = optimizer.resize(off_mesh(fit.params, fit.state, m)[1], params, source)
+            fit.params, fit.state = on_mesh(params, state, data.mesh)
+            phase_record.update(counts, adapt_seconds=time.perf_counter() - t_adapt)
+            changed = sum(counts[k] for k in ("merged", "pruned", "split", "added")) > 0
+        gained = (losses[0] - losses[-1]) / losses[0] if losses[0] > 0 else 0.0
+        converged_run = opt.converge and converged and not changed and gained < opt.converge_rtol
+        fit.history["phases"].append(phase_record)
+        fit.history["converged"] = converged_run
+        fit.phase, fit.step, fit.phase_rejected = phase + 1, 0, 0
+        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=fit.params.atoms.n_alive)
+        save()
+    return stopped_by, converged_run
+
+
+@eqx.filter_jit
+def _loss(params: Params, observed, euler_rad, setup, loss: str):
+    return objective(params, observed, euler_rad, jnp.arange(observed.shape[0]), setup, loss)
+
+
+def final_loss(params: Params, arrays, loss: str) -> float:
+    """The loss of ``params`` on the whole series (one device), to compare fits by."""
+    observed, euler, setup, m = arrays
+    return float(_loss(off_mesh(params, None, m)[0], observed[:m], euler[:m], setup, loss))
+
+
+def finished(fit_params: Params, config, observed_np, arrays):
+    """A finished fit's atoms off the mesh, the dark ones switched off, and its images and
+    σ (None with ``config.uncertainty`` off): (params, dark atoms, calc, sigmas)."""
+    observed, euler, setup, m = arrays
+    params, _ = off_mesh(fit_params, None, m)
+    params, switched_off = without_dark_atoms(params)
+    calc = np.asarray(params.images(euler, setup))
+    sigmas = None
+    if config.uncertainty and params.atoms.n_alive:
+        t0 = time.perf_counter()
+        sigmas = atom_sigmas(params, observed_np, calc, euler, setup)
+        sigmas["seconds"] = time.perf_counter() - t0
+    return params, switched_off, calc, sigmas
+
+
+def run_restarts(fit: FitState, start_params: Params, jitter_A, optimizer, data: FitData, config,
+                 arrays, progress, stop):  # fmt: skip
+    """``config.restarts`` refits of the finished ``fit`` from its atoms ``start_params``
+    (off the mesh) jittered by ``jitter_A`` (Å per slot and axis, :mod:`atomjax.restart`),
+    each ``config.restart_phases`` phases; nothing is saved.
+    Returns (the fit with the lowest loss, the live positions of the others, the report's
+    record, what stopped them: a signal's name or None; then the fit is ``fit``)."""
+    m = arrays[3]
+    steps = config.optim.steps_per_phase
+    # the fit's atoms, no adapt step: the losses compare, and no atom is added
+    config = dataclasses.replace(config, adapt_between_phases=False)
+    fits, losses = [fit], [final_loss(fit.params, arrays, config.optim.loss)]
+    records = []
+    for k in range(config.restarts):
+        s = restart.seed(config.seed, k)
+        start = restart.jittered(start_params, jitter_A, s)
+        state = optimizer.init(start)
+        params, state = on_mesh(start, state, data.mesh)
+        again = FitState(params, state, fit.rates, {"loss": [], "phases": []})
+        total = config.restart_phases * steps
+        with _progress_bar(total, progress, f"restart {k + 1}/{config.restarts}") as bar:
+            stopped_by, _ = run_phases(again, optimizer, data, config, arrays,
+                                       config.restart_phases, config.restart_phases, s, bar,
+                                       stop, lambda: None)  # fmt: skip
+        if stopped_by is not None:
+            return fit, [], None, stopped_by
+        fits.append(again)
+        losses.append(final_loss(again.params, arrays, config.optim.loss))
+        records.append({"loss": losses[-1], "n_atoms": again.params.atoms.n_alive,
+                        "n_steps": sum(p["n_steps"] for p in again.history["phases"]),
+                        "converged": bool(again.history.get("converged"))})  # fmt: skip
+    best = restart.kept(losses)
+    observed, euler, setup = arrays[:3]
+    host = [off_mesh(f.params, None, m)[0] for f in fits]
+    obs = np.asarray(observed)
+    noise = noise_model(obs, np.asarray(host[best].images(euler, setup)))
+    excess = restart.likelihood_excess(losses, best, obs.size, config.optim.loss, noise)
+    allowed = restart.PARAMS_PER_ATOM * host[best].atoms.n_alive
+    # the fit itself is where the search stopped: a sample of its error however far above
+    # the kept restart it lies; a restart far above did not come back, and says nothing
+    compared = [j != best and (j == 0 or x <= allowed) for j, x in enumerate(excess)]
+    for rec, x, c in zip([{}, *records], excess, compared, strict=True):
+        rec.update(delta_chi2=float(x), compared=bool(c))
+    others = [
+        p.atoms.alive_numpy()["positions_A"] for p, c in zip(host, compared, strict=True) if c
+    ]
+    moved = np.asarray(jitter_A)[np.asarray(start_params.atoms.alive)]
+    record = {"n": config.restarts, "jitter_A": config.restart_jitter_A,
+              "jitter_sigma": config.restart_jitter_sigma,
+              "jitter_median_A": float(np.median(moved)) if moved.size else None,
+              "phases": config.restart_phases, "loss_fit": losses[0], "fits": records,
+              "kept": best, "delta_chi2_fit": float(excess[0]), "delta_chi2_allowed": allowed,
+              "fits_compared": len(others)}  # fmt: skip
+    winner = fits[best]
+    if best:  # the report's history stays the fit's; the atoms are the restart's
+        winner = dataclasses.replace(fit, params=winner.params, state=winner.state)
+    return winner, others, record, None
+
+
 def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         initial_positions_A, record, stop) -> Outcome:  # fmt: skip
     """Fit ``series`` with ``config``: see the module docstring."""
@@ -287,85 +455,36 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
     bar = _progress_bar(opt.n_phases * steps, progress)
     bar.update(fit.phase * steps + fit.step)
     last = opt.n_phases if max_phases is None else min(opt.n_phases, fit.phase + int(max_phases))
+    arrays = (observed, euler, setup, m)
     stopped_by = None
     converged_run = bool(fit.history.get("converged", False))
-    while fit.phase < last and stopped_by is None and not converged_run:
-        phase = fit.phase
-        t_phase = time.perf_counter()
-        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase), steps)
-        converged = False
-        for piece in np.split(np.arange(steps), n_pieces(steps)):
-            # a few compiled scans per phase: the progress bar moves, a stop can land
-            if piece[0] < fit.step:
-                continue  # done before the checkpoint this run resumed from
-            if _agreed(stop.requested):
-                stopped_by = stop.signal_name or "request"
-                break
-            before = fit.params
-            params, state, losses, n_bad = optimizer.run(
-                fit.params, fit.state, phase, keys[piece[0] : piece[-1] + 1], data
-            )
-            fit.params, fit.state = params, state
-            losses = np.asarray(losses)
-            fit.history["loss"].extend(float(x) if np.isfinite(x) else None for x in losses)
-            fit.step = int(piece[-1]) + 1
-            fit.phase_rejected += int(n_bad)
-            bar.update(len(piece))
-            bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=params.atoms.n_alive)
-            if opt.converge and _piece_converged(losses, max_displacement_A(before, params), opt):
-                converged = True
-                bar.update(steps - fit.step)  # the budget the phase did not need
-                break
-        if stopped_by is not None:
-            break
-        losses = np.asarray(
-            [np.nan if x is None else x for x in fit.history["loss"][-fit.step :]], dtype=float
-        )
-        phase_record = {
-            "phase": phase,
-            "n_steps": fit.step,
-            "converged": converged,
-            "loss_start": float(losses[0]),
-            "loss_end": float(losses[-1]),
-            "rejected_steps": fit.phase_rejected,
-            "n_atoms": fit.params.atoms.n_alive,
-            "fit_seconds": time.perf_counter() - t_phase,
-            **optimizer.describe(fit.state),
-        }
-        changed = False
-        if config.adapt_between_phases and phase < opt.n_phases - 1:
-            t_adapt = time.perf_counter()
-            params, source, counts = adapt_step(
-                *off_mesh(fit.params, None, m)[:1], observed, euler, setup, config
-            )
-            state = optimizer.resize(off_mesh(fit.params, fit.state, m)[1], params, source)
-            fit.params, fit.state = on_mesh(params, state, data.mesh)
-            phase_record.update(counts, adapt_seconds=time.perf_counter() - t_adapt)
-            changed = sum(counts[k] for k in ("merged", "pruned", "split", "added")) > 0
-        gained = (losses[0] - losses[-1]) / losses[0] if losses[0] > 0 else 0.0
-        converged_run = opt.converge and converged and not changed and gained < opt.converge_rtol
-        fit.history["phases"].append(phase_record)
-        fit.history["converged"] = converged_run
-        fit.phase, fit.step, fit.phase_rejected = phase + 1, 0, 0
-        bar.set_postfix(loss=f"{losses[-1]:.3e}", atoms=fit.params.atoms.n_alive)
-        save_checkpoint()
+    if not converged_run:
+        stopped_by, converged_run = run_phases(fit, optimizer, data, config, arrays,
+                                               opt.n_phases, last, config.seed, bar, stop,
+                                               save_checkpoint)  # fmt: skip
     if stopped_by is not None:
         save_checkpoint()
     elif not converged_run and fit.phase < opt.n_phases:
         stopped_by = "max_phases"
     bar.close()
-    params, _ = off_mesh(fit.params, None, m)
-    params, switched_off = without_dark_atoms(params)
+    params, switched_off, calc, sigmas = finished(fit.params, config, observed_np, arrays)
+    own, others, restarts = sigmas, [], None
+    if stopped_by is None and config.restarts and params.atoms.n_alive:
+        jitter = restart.jitter_A(params.atoms, sigmas, config.restart_jitter_A,
+                                  config.restart_jitter_sigma)  # fmt: skip
+        fit, others, restarts, stopped_by = run_restarts(
+            fit, params, jitter, optimizer, data, config, arrays, progress, stop
+        )
+        if restarts is not None and restarts["kept"]:  # a restart's atoms: their own σ
+            params, switched_off, calc, own = finished(fit.params, config, observed_np, arrays)
+        sigmas = own
+        if others and own is not None:  # the others' atoms: the search's share of the error
+            var = search_variance(params.atoms.alive_numpy()["positions_A"], others)
+            sigmas = {**widened(own, var), "seconds": own["seconds"]}
     status = "finished" if stopped_by is None else "interrupted"
     ending = "converged" if converged_run else ("budget" if stopped_by is None else stopped_by)
-    calc = np.asarray(params.images(euler, setup))
     alive = params.atoms.alive_numpy()
     species = report.classify(config, alive)
-    sigmas = None
-    if config.uncertainty and params.atoms.n_alive:
-        t0 = time.perf_counter()
-        sigmas = atom_sigmas(params, observed_np, calc, euler, setup)
-        sigmas["seconds"] = time.perf_counter() - t0
     detected = None
     if params.atoms.n_alive:
         test = significance(alive["positions_A"], alive["widths_A2"], alive["amplitudes"],
@@ -378,6 +497,14 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
         elapsed(), status, stopped_by, method, species, sigmas, detected,
     )  # fmt: skip
     rep["ended_by"] = ending
+    if restarts is not None:
+        rep["restarts"] = restarts
+        if sigmas is not None and others:
+            rep["uncertainty"].update(
+                search_report(
+                    own, sigmas, alive["positions_A"], series.atoms_positions_A, len(others)
+                )
+            )
     rep["n_atoms_switched_off"] = switched_off
     aligned = None
     if start.alignment is not None or params.pose is not None or opt.lr_drift_A > 0:
@@ -402,7 +529,9 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
                              figures, sigmas, detected)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
-    kept = None if sigmas is None else {k: sigmas[k] for k in (*SIGMA_NAMES, "noise")}
+    kept = None if sigmas is None else {k: v for k, v in sigmas.items() if k != "seconds"}
+    if kept is not None:
+        kept.pop("covariance", None)
     return Outcome(params, species, rep, kept)
 
 

@@ -316,11 +316,15 @@ def accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if u and u.get("predicted_rmsd_pm") is not None:
         rows.append(("predicted RMSD (from σ)", f"{u['predicted_rmsd_pm']:.2f} pm"))
         stat = (u.get("statistical") or {}).get("predicted_rmsd_pm")
-        if stat is not None:  # several starts: σ with the search's error in them
+        if stat is not None:  # restarts or starts: σ with the search's error in them
             rows.append(("… the fit alone", f"{stat:.2f} pm"))
         cal = u.get("calibration", {})
         if "z_std" in cal:
             rows.append(("error / σ, std x y z", " ".join(f"{z:.2f}" for z in cal["z_std"])))
+    r = report.get("restarts")
+    if r:  # which fit the atoms are: the fit's own, or a restart's with a lower loss
+        kept = "the fit" if r["kept"] == 0 else f"restart {r['kept']} (lower loss)"
+        rows.append(("restarts", f"{r['n']}, kept {kept}"))
     rows.append(("R-factor (mean)", f"{report['r_factor']['mean']:.4f}"))
     if report.get("r1_factor"):
         rows.append(("R1 (Materials Data Bank)", f"{report['r1_factor']['r1']:.4f}"))

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import checkpoint, driver, interrupt, outputs, runfolder
+from . import checkpoint, driver, interrupt, outputs, restart, runfolder
 from .adapt import AdaptConfig
 from .alignment import ALIGN_CHOICES
 from .background import BACKGROUND_INITS
@@ -101,6 +101,11 @@ class ReconstructConfig:
     refine_pose: refine the tilt offsets, the tilt axis and the shifts in the fit
     (:mod:`atomjax.pose`), with the learning rates of :data:`REFINE_POSE_RATES` where
     ``optim`` gives none; the run folder then holds the refined ``alignment_refined.json``.
+    restarts: refits of the finished fit from its own atoms, each moved by a normal
+    offset per axis of ``restart_jitter_sigma`` × its own σ, at least ``restart_jitter_A``
+    (Å), for ``restart_phases`` phases
+    (:mod:`atomjax.restart`): the fit with the lowest loss is kept, and the others' atoms
+    widen every atom's σ by the search's error (0: none, the σ are the fit's alone).
     """
 
     mode: str = "direct"
@@ -128,6 +133,10 @@ class ReconstructConfig:
     align: str | None = None
     profile_tail: bool | None = None
     refine_pose: bool = False
+    restarts: int = 0
+    restart_jitter_A: float = 0.3
+    restart_jitter_sigma: float = 3.0
+    restart_phases: int = 2
     seed: int = 0
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -178,6 +187,8 @@ class ReconstructConfig:
                     f"align must be None, one of {ALIGN_CHOICES} or an alignment file; "
                     f"no file at {self.align}"
                 )
+        restart.check_settings(self.restarts, self.restart_jitter_A, self.restart_jitter_sigma,
+                               self.restart_phases)  # fmt: skip
         if not isinstance(self.refine_pose, (bool, np.bool_)):
             raise ValueError(f"refine_pose must be a bool, got {self.refine_pose!r}")
         if self.profile_tail is None:  # resolved once: what runs is what is recorded

@@ -131,6 +131,8 @@ def write_outputs(run, config, series, params, observed, calc, report, species, 
     a = params.atoms.alive_numpy()
     made = ["atoms.extxyz"]
     columns = {} if sigmas is None else {k: sigmas[k] for k in uncertainty.SIGMA_NAMES}
+    if sigmas is not None:  # the search's share, where restarts measured it
+        columns.update({k: v for k, v in sigmas.items() if k.startswith("sigma_search_")})
     if detected is not None:
         columns["z_detection"] = np.asarray(detected["z"], float)
     outputs.write_extxyz(

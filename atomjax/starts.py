@@ -62,7 +62,8 @@ def start_configs(
             sirt_iterations=int(config.init.sirt_iterations * sweeps),
             voxel_size_A=config.init.voxel_size_A * voxel,
         )
-        out.append(dataclasses.replace(config, init=init))
+        # the other starts play the restarts' part (atomjax.restart): none within a start
+        out.append(dataclasses.replace(config, init=init, restarts=0))
     return out
 
 
@@ -181,18 +182,11 @@ def with_search(winner: Result, others, truth_A=None) -> tuple[dict, dict]:
     the σ so widened, ``statistical`` (the predicted RMSD and calibration of the σ
     alone) and ``search`` (the search's share)."""
     var = uncertainty.search_variance(winner.positions_A, others)
-    sigmas = dict(winner.sigmas)
-    for j, name in enumerate(uncertainty.SIGMA_NAMES[:3]):
-        sigmas[name] = np.sqrt(np.asarray(winner.sigmas[name], np.float64) ** 2 + var[:, j])
-        sigmas[name.replace("sigma_", "sigma_search_")] = np.sqrt(var[:, j])
+    sigmas = uncertainty.widened(winner.sigmas, var)
     before = winner.report.get("uncertainty") or {}
     u = {**uncertainty.summary(sigmas), "seconds": before.get("seconds")}
-    u["search"] = {
-        "fits_compared": len(others),
-        "neighbours": uncertainty.SEARCH_NEIGHBOURS,
-        "sigma_search_pm": uncertainty.percentiles(np.sqrt(var.sum(1)) * 100.0),
-    }
-    u["statistical"] = {k: before[k] for k in ("predicted_rmsd_pm", "calibration") if k in before}
+    own = {k: v for k, v in winner.sigmas.items() if not k.startswith("sigma_search_")}
+    u.update(uncertainty.search_report(own, sigmas, winner.positions_A, truth_A, len(others)))
     if truth_A is not None:
         u["calibration"] = uncertainty.calibrate(winner.positions_A, sigmas, truth_A)
     return sigmas, u

@@ -435,6 +435,36 @@ def search_variance(winner_A, others_A, cutoff_A: float = 0.75,
     return np.where(seen[:, None] > 0, total / np.maximum(seen, 1)[:, None], 0.0)
 
 
+def widened(sigmas: dict[str, Any], var) -> dict[str, Any]:
+    """``sigmas`` with the positional σ widened by the search's variance ``var`` ((n, 3)
+    Å², :func:`search_variance`), and the search's own as ``sigma_search_{x,y,z}_A``."""
+    out = dict(sigmas)
+    for j, name in enumerate(SIGMA_NAMES[:3]):
+        out[name] = np.sqrt(np.asarray(sigmas[name], np.float64) ** 2 + var[:, j])
+        out[name.replace("sigma_", "sigma_search_")] = np.sqrt(var[:, j])
+    return out
+
+
+def search_report(own: dict[str, Any], sigmas: dict[str, Any], positions_A, truth_A,
+                  fits_compared: int) -> dict[str, Any]:  # fmt: skip
+    """report.json's ``uncertainty`` entries for σ widened by the search (``sigmas``,
+    :func:`widened`) next to the fit's own (``own``): ``statistical`` (the predicted RMSD
+    and, with a truth, the calibration of the fit's own σ) and ``search`` (its share)."""
+    search = np.sqrt(sum(np.asarray(sigmas[n.replace("sigma_", "sigma_search_")]) ** 2
+                         for n in SIGMA_NAMES[:3]))  # fmt: skip
+    stat = {"predicted_rmsd_pm": summary(own)["predicted_rmsd_pm"]}
+    if truth_A is not None:
+        stat["calibration"] = calibrate(positions_A, own, truth_A)
+    return {
+        "statistical": stat,
+        "search": {
+            "fits_compared": int(fits_compared),
+            "neighbours": SEARCH_NEIGHBOURS,
+            "sigma_search_pm": percentiles(search * 100.0),
+        },  # fmt: skip
+    }
+
+
 def _q(v, q) -> float | None:
     return float(np.percentile(v, q)) if len(v) else None
 

@@ -24,3 +24,15 @@ def small_au_series(radius_A: float, n_tilts: int, orientation_seed: int = 1, **
     kwargs.setdefault("progress", False)
     return simulate.simulate_fast(particle, np.linspace(-60, 60, n_tilts), pixel_size_A=0.35,
                                   **kwargs)  # fmt: skip
+
+
+#: two short phases from a quick SIRT-peak start (the starts' and restarts' tests)
+TWO_PHASES = {
+    "optim": {"n_phases": 2, "steps_per_phase": 30},
+    "init": {"method": "peaks", "sirt_iterations": 3},
+}
+
+
+def noisy_small_au_series():
+    """The 5.5 Å Au sphere, 9 tilts, 5 % Gaussian noise (the starts' and restarts' tests)."""
+    return small_au_series(5.5, 9, margin_A=3.0, noise_std_rel=0.05)
