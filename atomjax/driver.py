@@ -317,7 +317,7 @@ def _loss(params: Params, observed, euler_rad, setup, loss: str):
 def final_loss(params: Params, arrays, loss: str) -> float:
     """The loss of ``params`` on the whole series (one device), to compare fits by."""
     observed, euler, setup, m = arrays
-    return float(_loss(off_mesh(params, None, m)[0], observed[:m], euler[:m], setup, loss))
+    return float(_loss(off_mesh(params, None, m)[0], observed, euler, setup, loss))
 
 
 def finished(fit_params: Params, config, observed_np, arrays):
@@ -376,7 +376,7 @@ def run_restarts(fit: FitState, start_params: Params, jitter_A, optimizer, data:
     # the fit itself is where the search stopped: a sample of its error however far above
     # the kept restart it lies; a restart far above did not come back, and says nothing
     compared = [j != best and (j == 0 or x <= allowed) for j, x in enumerate(excess)]
-    for rec, x, c in zip([{}, *records], excess, compared, strict=True):
+    for rec, x, c in zip(records, excess[1:], compared[1:], strict=True):  # the restarts'
         rec.update(delta_chi2=float(x), compared=bool(c))
     others = [
         p.atoms.alive_numpy()["positions_A"] for p, c in zip(host, compared, strict=True) if c
@@ -529,9 +529,8 @@ def run(series, config, out, run_folder, resume, progress, figures, max_phases,
                              figures, sigmas, detected)  # fmt: skip
         run_folder.update(status=status, stopped_by=stopped_by, error=None,
                           progress=fit.progress(opt))  # fmt: skip
-    kept = None if sigmas is None else {k: v for k, v in sigmas.items() if k != "seconds"}
-    if kept is not None:
-        kept.pop("covariance", None)
+    dropped = ("seconds", "covariance")
+    kept = None if sigmas is None else {k: v for k, v in sigmas.items() if k not in dropped}
     return Outcome(params, species, rep, kept)
 
 

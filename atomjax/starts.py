@@ -185,8 +185,8 @@ def with_search(winner: Result, others, truth_A=None) -> tuple[dict, dict]:
     sigmas = uncertainty.widened(winner.sigmas, var)
     before = winner.report.get("uncertainty") or {}
     u = {**uncertainty.summary(sigmas), "seconds": before.get("seconds")}
-    own = {k: v for k, v in winner.sigmas.items() if not k.startswith("sigma_search_")}
-    u.update(uncertainty.search_report(own, sigmas, winner.positions_A, truth_A, len(others)))
+    u.update(uncertainty.search_report(winner.sigmas, sigmas, winner.positions_A, truth_A,
+                                       len(others)))  # fmt: skip
     if truth_A is not None:
         u["calibration"] = uncertainty.calibrate(winner.positions_A, sigmas, truth_A)
     return sigmas, u

@@ -172,3 +172,51 @@ def test_the_settings_record_the_restarts():
     d = cfg.to_dict()
     assert d["restart_jitter_A"] == 0.3 and d["restart_jitter_sigma"] == 3.0
     assert d["restart_phases"] == 2
+
+
+def test_restarts_without_sigmas_move_every_atom_by_the_floor(series):
+    cfg = {**FAST, "uncertainty": False}
+    result = reconstruct(series, cfg, progress=False, figures=False)
+    rec = result.report["restarts"]
+    assert result.sigmas is None and "uncertainty" not in result.report
+    assert rec["jitter_median_A"] == pytest.approx(0.3)  # the floor: no σ to scale by
+    assert len(rec["fits"]) == 1
+
+
+def test_a_signal_during_a_restart_keeps_the_fit_and_resume_finishes_it(
+    series, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    whole = reconstruct(series, FAST, progress=False, figures=False)
+    alone = reconstruct(series, {**FAST, "restarts": 0}, progress=False, figures=False)
+    original = restart.jittered
+
+    def jittered_then_sigterm(*args, **kwargs):
+        out = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the restart's first piece
+        return out
+
+    monkeypatch.setattr(restart, "jittered", jittered_then_sigterm)
+    out = tmp_path / "run"
+    part = reconstruct(series, FAST, out_dir=out, progress=False, figures=False)
+    monkeypatch.setattr(restart, "jittered", original)
+    assert part.report["status"] == "interrupted" and part.report["stopped_by"] == "SIGTERM"
+    assert "restarts" not in part.report  # the fit's own atoms and σ
+    np.testing.assert_array_equal(part.positions_A, alone.positions_A)
+    np.testing.assert_array_equal(part.sigmas["sigma_x_A"], alone.sigmas["sigma_x_A"])
+    done = reconstruct(series, FAST, out_dir=out, resume=True, progress=False, figures=False)
+    assert done.report["status"] == "finished"
+    np.testing.assert_array_equal(done.positions_A, whole.positions_A)
+    assert done.report["restarts"]["kept"] == whole.report["restarts"]["kept"]
+
+
+def test_the_console_table_says_which_fit_was_kept():
+    from atomjax.pipeline import accuracy_rows
+
+    rep = {"n_atoms": 3, "r_factor": {"mean": 0.1}, "run_time_s": 1.0,
+           "restarts": {"n": 1, "kept": 1}}  # fmt: skip
+    assert ("restarts", "1, kept restart 1 (lower loss)") in accuracy_rows(rep)
+    rep["restarts"]["kept"] = 0
+    assert ("restarts", "1, kept the fit") in accuracy_rows(rep)
